@@ -1,0 +1,272 @@
+"""`python -m runner`: wires the stages, and is the one place that chooses an exit code.
+
+verify/update: find posts -> parse -> plan sessions -> build envs -> execute -> render -> report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import difflib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import __version__, envs, markdown, notebooks, plan, posts, report
+from runner.config import Config, load
+from runner.errors import EnvError, PostError, RunnerError, UsageError
+from runner.execute import run_session
+from runner.model import ErrorInfo, Output, Post, Session, SnippetResult
+from runner.report import PostOutcome, Run
+from runner.writeback import render
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load(Path.cwd())
+        if args.command in ("verify", "update"):
+            return _run(args, config)
+        if args.command == "notebooks":
+            return _notebooks(args, config)
+        return _envs(args, config)
+    except UsageError as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- verify / update -------------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    """What the run knows about one post as it goes through the stages."""
+
+    path: Path
+    post: Post | None = None
+    sessions: tuple[Session, ...] = ()
+    error: RunnerError | None = None
+    results: list[SnippetResult] = field(default_factory=list)
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    started = time.monotonic()
+    work = [_Work(path) for path in _shard(_post_paths(args, config), args.shard)]
+    for item in work:
+        _parse_and_plan(item, config)
+    built = _build_envs({s.env for item in work for s in item.sessions}, config)
+    asyncio.run(_execute(work, built, args.jobs, args.timeout or config.timeout))
+    outcomes = tuple(_finish(item, write=args.command == "update") for item in work)
+    run = Run(outcomes, tuple(r for item in work for r in item.results),
+              time.monotonic() - started)
+    sys.stdout.write(report.terminal(run))
+    if args.report:
+        report.write_json(run, Path(args.report))
+    if args.junit_xml:
+        report.write_junit(run.snippets, Path(args.junit_xml))
+    return exit_code(run)
+
+
+def exit_code(run: Run) -> int:
+    bad = any(p.status != "passed" for p in run.posts)
+    return EXIT_FAILED if bad or any(r.status == "failed" for r in run.snippets) else EXIT_OK
+
+
+def _post_paths(args: argparse.Namespace, config: Config) -> list[Path]:
+    return posts.find([Path(p) for p in args.paths] or [_relative(config.posts)])
+
+
+def _shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """Shard K/N: every Nth post from the K-th, so N machines split the posts between them."""
+    if shard is None:
+        return paths
+    k, n = shard
+    return paths[k - 1::n]
+
+
+def _parse_and_plan(item: _Work, config: Config) -> None:
+    try:
+        item.post = markdown.parse(str(item.path), posts.read(item.path))
+        item.sessions = plan.plan(item.post, config.envs, config.import_names)
+    except PostError as exc:
+        item.error = exc
+
+
+def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | EnvError]:
+    built: dict[str, envs.BuiltEnv | EnvError] = {}
+    for name in sorted(names):
+        try:
+            built[name] = envs.build(config.envs[name], say=_say)
+        except EnvError as exc:
+            built[name] = exc
+    return built
+
+
+async def _execute(work: list[_Work], built: dict[str, envs.BuiltEnv | EnvError],
+                   jobs: int, timeout: float) -> None:
+    limit = asyncio.Semaphore(jobs)
+
+    async def one(item: _Work, session: Session) -> None:
+        env = built[session.env]
+        if isinstance(env, EnvError):
+            item.results += [SnippetResult(s, session.env, "failed",
+                                           error=_env_error(env, s.line)) for s in session.snippets]
+            return
+        async with limit:
+            item.results += await run_session(session, env, timeout)
+
+    await asyncio.gather(*(one(item, s) for item in work for s in item.sessions))
+    for item in work:
+        item.results.sort(key=lambda r: r.snippet.line)
+
+
+def _env_error(error: EnvError, line: int) -> ErrorInfo:
+    return ErrorInfo("EnvError", error.message, line)
+
+
+def _finish(item: _Work, write: bool) -> PostOutcome:
+    path = str(item.path)
+    if item.error is not None or item.post is None:
+        error = item.error or PostError("not parsed", path)
+        return PostOutcome(path, "error", error.message, error.line)
+    if any(r.status == "failed" for r in item.results):
+        return PostOutcome(path, "failed")
+    outputs: dict[int, Output] = {r.snippet.line: r.output for r in item.results
+                                  if r.status == "passed"}
+    fresh = render(item.post, outputs)
+    if fresh == item.post.text:
+        return PostOutcome(path, "passed")
+    if not write:
+        return PostOutcome(path, "stale", diff=_diff(path, item.post.text, fresh))
+    try:
+        posts.replace(item.path, item.post.text, fresh)
+    except PostError as exc:
+        return PostOutcome(path, "error", exc.message, exc.line)
+    return PostOutcome(path, "passed", written=True)
+
+
+def _diff(path: str, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True),
+                                        new.splitlines(keepends=True),
+                                        f"{path} (recorded)", f"{path} (fresh run)"))
+
+
+# --- notebooks / envs ------------------------------------------------------------------------
+
+
+def _notebooks(args: argparse.Namespace, config: Config) -> int:
+    out = Path(args.out) if args.out else _relative(config.snippets)
+    status = EXIT_OK
+    for path in _post_paths(args, config):
+        try:
+            post = markdown.parse(str(path), posts.read(path))
+            sessions = plan.plan(post, config.envs, config.import_names)
+        except PostError as exc:
+            print(f"{exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        for session in sessions:
+            target = out / notebooks.author_notebook_name(session)
+            notebooks.write(notebooks.author_notebook(session), target)
+            print(target)
+    return status
+
+
+def _envs(args: argparse.Namespace, config: Config) -> int:
+    names = args.names or sorted(config.envs)
+    unknown = [n for n in names if n not in config.envs]
+    if unknown:
+        raise UsageError(f"unknown environment '{unknown[0]}' (known: {', '.join(config.envs)})")
+    if args.action == "lock":
+        for name in names:
+            envs.compile_lock(config.envs[name].folder, upgrade=args.upgrade)
+            print(f"{name}: {config.envs[name].folder / 'requirements.lock'}")
+        return EXIT_OK
+    status = EXIT_OK
+    for name in names:
+        spec = config.envs[name]
+        if args.action == "build":
+            try:
+                envs.build(spec, say=_say)
+            except EnvError as exc:
+                print(f"runner: {exc}", file=sys.stderr)
+                status = EXIT_FAILED
+        state = "built" if envs.is_built(spec) else "not built"
+        print(f"{name:12} lock {spec.lock_hash[:12]}  {state:9}  {envs.env_path(spec)}")
+    return status
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("verify", "run the posts and compare with their recorded output"),
+                       ("update", "run the posts and write the verified output into them")):
+        _run_options(commands.add_parser(name, help=text, description=text))
+    books = commands.add_parser("notebooks", help="write notebooks for authors")
+    books.add_argument("paths", nargs="*", metavar="PATH")
+    books.add_argument("--out", metavar="DIR", help="folder for the notebooks (default snippets/)")
+    env = commands.add_parser("envs", help="list, build or lock the pinned environments")
+    env.add_argument("action", nargs="?", choices=("list", "build", "lock"), default="list")
+    env.add_argument("names", nargs="*", metavar="NAME")
+    env.add_argument("--upgrade", action="store_true", help="lock: take the newest releases")
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="post files or folders (posts/)")
+    parser.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                        help="sessions run at once (default: the number of cores)")
+    parser.add_argument("--timeout", type=_positive_float, default=None,
+                        help="seconds per snippet (default: [tool.runner] timeout, else 300)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="ignore the execution cache (there is none yet: every run executes)")
+    parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
+    parser.add_argument("--shard", type=_shard_arg, metavar="K/N",
+                        help="run only the K-th of N slices of the posts")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    try:
+        shard = int(k), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must look like 2/4") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError("K/N needs 1 <= K <= N")
+    return shard
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _say(text: str) -> None:
+    print(f"runner: {text}", file=sys.stderr, flush=True)

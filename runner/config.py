@@ -1,0 +1,111 @@
+"""The project: `[tool.runner]` in pyproject.toml, found from a folder upwards, and its envs/."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UsageError
+from runner.model import EnvSpec
+
+DEFAULT_TIMEOUT = 300.0
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path
+    posts: Path
+    snippets: Path
+    envs: dict[str, EnvSpec]
+    import_names: dict[str, str]  # import name -> distribution, beyond the built-in table
+    timeout: float
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 normalization: `Scikit_Learn` -> `scikit-learn`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` whose pyproject.toml has a [tool.runner] table."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and "runner" in _read_toml(candidate).get("tool", {}):
+            return folder
+    raise UsageError(f"no pyproject.toml with [tool.runner] in {start} or above")
+
+
+def load(start: Path) -> Config:
+    root = find_root(start)
+    table = _read_toml(root / "pyproject.toml")["tool"]["runner"]
+    if not isinstance(table, dict):
+        raise UsageError("[tool.runner] must be a table", root / "pyproject.toml")
+    pyproject = root / "pyproject.toml"
+    envs_dir = root / _str(table, "envs", "envs", pyproject)
+    env_settings = table.get("env", {})
+    if not isinstance(env_settings, dict):
+        raise UsageError("[tool.runner.env] must be a table of environments", pyproject)
+    folders = sorted(f for f in envs_dir.iterdir() if f.is_dir()) if envs_dir.is_dir() else []
+    envs = {f.name: _env_spec(f, env_settings.get(f.name, {}), pyproject) for f in folders}
+    unknown = sorted(set(env_settings) - set(envs))
+    if unknown:
+        raise UsageError(f"[tool.runner.env.{unknown[0]}] names no folder in {envs_dir}", pyproject)
+    import_names = table.get("import-names", {})
+    if not isinstance(import_names, dict) or not all(
+            isinstance(v, str) for v in import_names.values()):
+        raise UsageError("[tool.runner.import-names] must map import names to distributions",
+                         pyproject)
+    timeout = table.get("timeout", DEFAULT_TIMEOUT)
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
+    return Config(
+        root=root,
+        posts=root / _str(table, "posts", "posts", pyproject),
+        snippets=root / _str(table, "snippets", "snippets", pyproject),
+        envs=envs,
+        import_names={k: normalize_dist(v) for k, v in import_names.items()},
+        timeout=float(timeout),
+    )
+
+
+def _env_spec(folder: Path, settings: Any, pyproject: Path) -> EnvSpec:
+    lock = folder / "requirements.lock"
+    if not lock.is_file():
+        raise UsageError(f"environment '{folder.name}' has no requirements.lock "
+                         f"(run: python -m runner envs lock {folder.name})", lock)
+    if not isinstance(settings, dict):
+        raise UsageError(f"[tool.runner.env.{folder.name}] must be a table", pyproject)
+    kernel_env = settings.get("kernel-env", {})
+    if not isinstance(kernel_env, dict) or not all(isinstance(v, str) for v in kernel_env.values()):
+        raise UsageError(f"[tool.runner.env.{folder.name}] kernel-env must map names to strings",
+                         pyproject)
+    data = lock.read_bytes()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    digest = hashlib.sha256(data + f"\npython={python}".encode()).hexdigest()
+    return EnvSpec(
+        name=folder.name,
+        folder=folder,
+        lock_hash=digest,
+        distributions=frozenset(normalize_dist(m) for m in _PIN.findall(data.decode())),
+        kernel_env=tuple(sorted(kernel_env.items())),
+    )
+
+
+def _str(table: dict[str, Any], key: str, default: str, pyproject: Path) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise UsageError(f"[tool.runner] {key} must be a string", pyproject)
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read: {exc}", path) from exc

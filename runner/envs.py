@@ -1,0 +1,129 @@
+"""envs/ -> built virtual environments and their kernels, made by uv from the locks.
+
+Each environment is built once per lock into the runner's cache folder, in a folder named by the
+lock's hash: a changed lock builds a new one, an unchanged one is found by a single stat. A build
+holds a file lock, so two runs at once never build the same environment into each other, and it
+is marked done only once complete, so a build that was cut off is started again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from runner.errors import EnvError
+from runner.model import EnvSpec
+
+CACHE_VARIABLE = "RUNNER_CACHE_DIR"
+_DONE = ".runner-built.json"
+
+
+@dataclass(frozen=True)
+class BuiltEnv:
+    spec: EnvSpec
+    prefix: Path
+
+    @property
+    def python(self) -> Path:
+        return self.prefix / "bin" / "python"
+
+    @property
+    def kernel_name(self) -> str:
+        return f"runner-{self.spec.name}"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.prefix / "share" / "jupyter" / "kernels"
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_VARIABLE):
+        return Path(os.environ[CACHE_VARIABLE])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "runner"
+
+
+def env_path(spec: EnvSpec) -> Path:
+    return cache_root() / "envs" / f"{spec.name}-{spec.lock_hash[:16]}"
+
+
+def is_built(spec: EnvSpec) -> bool:
+    return (env_path(spec) / _DONE).is_file()
+
+
+def build(spec: EnvSpec, say: Callable[[str], None] = print) -> BuiltEnv:
+    """The built environment for this lock, building it first if it is not there yet."""
+    built = BuiltEnv(spec, env_path(spec))
+    if is_built(spec):
+        return built
+    built.prefix.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(built.prefix) + ".lock"):
+        if is_built(spec):  # another run built it while we waited
+            return built
+        say(f"building environment '{spec.name}' from {spec.lock} into {built.prefix}")
+        shutil.rmtree(built.prefix, ignore_errors=True)
+        _uv(spec, "venv", "--quiet", "--python", sys.executable, str(built.prefix))
+        _uv(spec, "pip", "sync", "--quiet", "--require-hashes", "--python", str(built.python),
+            str(spec.lock))
+        if "ipykernel" not in spec.distributions:
+            say(f"environment '{spec.name}': ipykernel is not in its lock, installing it unpinned")
+            _uv(spec, "pip", "install", "--quiet", "--python", str(built.python), "ipykernel")
+        _write_kernelspec(built)
+        (built.prefix / _DONE).write_text(json.dumps(
+            {"env": spec.name, "lock_hash": spec.lock_hash, "python": sys.version.split()[0]}))
+    return built
+
+
+def compile_lock(spec_folder: Path, upgrade: bool = False) -> None:
+    """requirements.in -> requirements.lock with exact versions and hashes (uv pip compile)."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    args = ["pip", "compile", "requirements.in", "--quiet", "--generate-hashes",
+            "--python-version", python, "-o", "requirements.lock"]
+    _run([_uv_bin(), *args, *(["--upgrade"] if upgrade else [])], spec_folder.name, spec_folder)
+
+
+def size_bytes(path: Path) -> int:
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink() and p.is_file())
+
+
+def _write_kernelspec(built: BuiltEnv) -> None:
+    folder = built.kernels_dir / built.kernel_name
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [str(built.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"runner: {built.spec.name}",
+        "language": "python",
+        "metadata": {"runner": {"env": built.spec.name, "lock_hash": built.spec.lock_hash}},
+    }
+    (folder / "kernel.json").write_text(json.dumps(spec, indent=1))
+
+
+def _uv(spec: EnvSpec, *args: str) -> None:
+    _run([_uv_bin(), *args], spec.name, spec.folder)
+
+
+def _run(command: list[str], name: str, cwd: Path) -> None:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise EnvError(f"environment '{name}': {' '.join(command[1:3])} failed: "
+                       + " / ".join(tail), cwd)
+
+
+def _uv_bin() -> str:
+    try:
+        from uv import find_uv_bin
+    except ImportError:  # uv installed some other way
+        found = shutil.which("uv")
+        if found is None:
+            raise EnvError("uv is not installed (pip install uv)") from None
+        return found
+    return find_uv_bin()

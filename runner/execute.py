@@ -1,0 +1,209 @@
+"""Sessions -> results: the only module that talks to Jupyter kernels (through nbclient).
+
+Each session gets its environment's own kernel, started in a fresh scratch folder, and runs its
+snippets as the cells of one notebook, in post order. nbclient races each cell's reply against
+the output stream and a liveness poll; its timeout and dead-kernel errors are turned into failed
+results here. What comes out is always a result per snippet, never an exception.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from runner.envs import BuiltEnv
+from runner.model import ErrorInfo, Output, Session, Snippet, SnippetResult
+from runner.notebooks import session_notebook
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Evaluated in the kernel after a cell failed: the traceback's frames, the SyntaxError's place,
+# and IPython's map from each cell's compiled file name to its execution count.
+_TRACE = (
+    "(lambda sys, tb: __import__('json').dumps({"
+    "'frames': [[f.f_code.co_filename, n] for f, n in tb.walk_tb(sys.last_traceback)]"
+    " if getattr(sys, 'last_traceback', None) else [],"
+    "'syntax': [sys.last_value.filename, sys.last_value.lineno]"
+    " if isinstance(getattr(sys, 'last_value', None), SyntaxError) else None,"
+    "'cells': dict(getattr(get_ipython().compile, '_filename_map', {}))}))"
+    "(__import__('sys'), __import__('traceback'))"
+)
+
+
+class _Stop(Exception):
+    """The session cannot go on (timeout, dead kernel): the snippets after this one do not run."""
+
+    def __init__(self, result: SnippetResult):
+        self.result = result
+
+
+async def run_session(session: Session, env: BuiltEnv, timeout: float) -> tuple[SnippetResult, ...]:
+    """Run every snippet of the session in one kernel of `env`; a result for each snippet."""
+    notebook = session_notebook(session)
+    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
+    client = _client(notebook, env, timeout)
+    results: list[SnippetResult] = []
+    # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
+    # the terminal; its tail explains a kernel that would not start.
+    log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
+    try:
+        async with client.async_setup_kernel(cwd=str(scratch), env=_kernel_env(env),
+                                             stdout=log, stderr=log, cleanup_kc=True):
+            await _check_prefix(client, env)
+            await _run_cells(client, session, notebook, results)
+    except Exception as exc:  # the kernel would not start, or died between cells
+        log.seek(0)
+        tail = " / ".join(log.read().strip().splitlines()[-3:])
+        reason = f"{type(exc).__name__}: {exc}".strip() + (f" (kernel log: {tail})" if tail else "")
+        done = {id(r.snippet) for r in results}
+        results += [_failed(s, session.env, "KernelError", reason, None)
+                    for s in session.snippets if id(s) not in done]
+    finally:
+        log.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return tuple(results)
+
+
+async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
+                     results: list[SnippetResult]) -> None:
+    cells = iter(enumerate(notebook.cells))
+    stopped: SnippetResult | None = None
+    for snippet in session.snippets:
+        if snippet.markers.skip is not None:
+            results.append(SnippetResult(snippet, session.env, "skipped",
+                                         reason=snippet.markers.skip or "marked runner:skip"))
+            continue
+        index, cell = next(cells)
+        if stopped is not None:
+            results.append(SnippetResult(snippet, session.env, "skipped",
+                                         reason=f"not run: the snippet at line "
+                                                f"{stopped.snippet.line} failed"))
+            continue
+        try:
+            result = await _run_cell(client, session, snippet, cell, index)
+        except _Stop as stop:
+            result = stop.result
+        results.append(result)
+        if result.status == "failed":
+            stopped = result
+
+
+async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
+                    cell: NotebookNode, index: int) -> SnippetResult:
+    started = time.monotonic()
+    try:
+        await client.async_execute_cell(cell, index)
+    except CellTimeoutError:
+        limit = snippet.markers.timeout or client.timeout
+        raise _Stop(_failed(snippet, session.env, "TimeoutError",
+                            f"timed out after {limit:g} s", None,
+                            time.monotonic() - started)) from None
+    except DeadKernelError:
+        raise _Stop(_failed(snippet, session.env, "DeadKernelError",
+                            "the kernel died while running this snippet", None,
+                            time.monotonic() - started)) from None
+    duration = time.monotonic() - started
+    output = collect_output(cell.outputs)
+    error = next((o for o in cell.outputs if o.output_type == "error"), None)
+    expected = snippet.markers.raises
+    if error is None and expected is None:
+        return SnippetResult(snippet, session.env, "passed", output, duration_s=duration)
+    if error is None:
+        return _failed(snippet, session.env, "DidNotRaise",
+                       f"expected {expected} to be raised, nothing was", None, duration, output)
+    if expected is not None and error.ename == expected:
+        final = f"{error.ename}: {error.evalue}" if error.evalue else error.ename
+        return SnippetResult(snippet, session.env, "passed",
+                             Output(output.stdout + final + "\n", output.stderr),
+                             duration_s=duration)
+    line = await _error_line(client, session, cell)
+    traceback = _ANSI.sub("", "\n".join(error.traceback))
+    return _failed(snippet, session.env, error.ename, error.evalue, line, duration, output,
+                   traceback)
+
+
+def collect_output(outputs: list[NotebookNode]) -> Output:
+    """stdout and the plain-text form of results and displays, in order; stderr apart."""
+    stdout: list[str] = []
+    stderr: list[str] = []
+    for output in outputs:
+        if output.output_type == "stream":
+            (stderr if output.name == "stderr" else stdout).append(output.text)
+        elif output.output_type in ("execute_result", "display_data"):
+            text = output.get("data", {}).get("text/plain")
+            if text is not None:
+                stdout.append((text if isinstance(text, str) else "".join(text)) + "\n")
+    return Output("".join(stdout), "".join(stderr))
+
+
+async def _error_line(client: NotebookClient, session: Session, cell: NotebookNode) -> int | None:
+    """The post line of the deepest traceback frame that lies in one of this session's cells."""
+    assert client.kc is not None
+    try:
+        msg_id = client.kc.execute("", silent=True, store_history=False,
+                                   user_expressions={"trace": _TRACE})
+        reply = await client.async_wait_for_reply(msg_id)
+        data = reply["content"]["user_expressions"]["trace"]["data"]["text/plain"]  # type: ignore[index]
+        trace: dict[str, Any] = json.loads(ast.literal_eval(data))
+    except Exception:  # no map: the failing snippet is still named by its fence line
+        return None
+    counts = {c.execution_count: c for c in client.nb.cells if c.get("execution_count")}
+    places = [*trace["frames"], *([trace["syntax"]] if trace["syntax"] else [])]
+    for filename, lineno in reversed(places):
+        owner = counts.get(trace["cells"].get(filename))
+        if owner is not None and lineno:
+            return int(owner.metadata["runner"]["line"]) + int(lineno)
+    return None
+
+
+def _failed(snippet: Snippet, env: str, kind: str, message: str, line: int | None,
+            duration: float = 0.0, output: Output | None = None,
+            traceback: str = "") -> SnippetResult:
+    return SnippetResult(snippet, env, "failed", output or Output(),
+                         ErrorInfo(kind, message, line, traceback), duration_s=duration)
+
+
+def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float) -> NotebookClient:
+    specs = KernelSpecManager(kernel_dirs=[str(env.kernels_dir)], ensure_native_kernel=False)
+    manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs)
+
+    def cell_timeout(cell: NotebookNode) -> int:
+        return int(cell.metadata.get("runner", {}).get("timeout") or timeout)
+
+    return NotebookClient(notebook, km=manager, kernel_name=env.kernel_name, timeout=int(timeout),
+                          timeout_func=cell_timeout, allow_errors=True, record_timing=False,
+                          startup_timeout=120)
+
+
+def _kernel_env(env: BuiltEnv) -> dict[str, str]:
+    """The caller's environment with the env's own bin/ first and its kernel-env settings."""
+    variables = dict(os.environ)
+    variables.pop("PYTHONPATH", None)
+    variables["VIRTUAL_ENV"] = str(env.prefix)
+    variables["PATH"] = os.pathsep.join([str(env.prefix / "bin"), variables.get("PATH", "")])
+    variables.update(env.spec.kernel_env)
+    return variables
+
+
+async def _check_prefix(client: NotebookClient, env: BuiltEnv) -> None:
+    """Make sure the kernel runs in the env: no other `python3` kernelspec may stand in for it."""
+    assert client.kc is not None
+    msg_id = client.kc.execute("", silent=True, store_history=False,
+                               user_expressions={"prefix": "__import__('sys').prefix"})
+    reply = await client.async_wait_for_reply(msg_id)
+    assert reply is not None
+    prefix = ast.literal_eval(reply["content"]["user_expressions"]["prefix"]["data"]["text/plain"])
+    if Path(prefix).resolve() != env.prefix.resolve():
+        raise RuntimeError(f"kernel runs in {prefix}, not in the env {env.prefix}")

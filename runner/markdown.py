@@ -1,0 +1,216 @@
+"""Markdown text -> `Post`: front matter, Python snippets, markers and existing output blocks.
+
+Parsing is markdown-it-py's: fences are found as tokens and the original lines are sliced by
+`token.map`, never by a regex over fences, so backtick and tilde fences, longer fences, fences in
+list items and block quotes, CRLF and BOM files all come out with their exact lines. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import yaml
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from runner.errors import PostError
+from runner.model import Markers, Post, Region, Snippet
+
+PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
+MARKER_PREFIX = "runner:"
+OUTPUT_MARKERS = {"runner:output": "stdout", "runner:stderr": "stderr"}
+OUTPUT_LABEL = "*Verified output:*"
+HIDDEN_OPEN = "<!-- runner:hidden"
+HIDDEN_CLOSE = "-->"
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # markdown-it's line breaks
+_MD = MarkdownIt("commonmark")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines with their endings, broken exactly where markdown-it breaks them."""
+    return _LINE.findall(text)
+
+
+def parse(path: str, text: str) -> Post:
+    lines = split_lines(text)
+    front_matter, body_start = _front_matter(path, lines)
+    source = ["\n"] * body_start + [_strip_end(line) + "\n" for line in lines[body_start:]]
+    if source and source[0].startswith("\ufeff"):
+        source[0] = source[0][1:]
+    tokens = _MD.parse("".join(source))
+    outputs = {t.map[0]: t for t in tokens if t.type == "fence" and t.map and _is_output(t.info)}
+    snippets = [_snippet(path, lines, found, outputs) for found in _fences(path, lines, tokens)]
+    default_env = _default_env(path, front_matter)
+    return Post(path=path, text=text, snippets=tuple(snippets), front_matter=front_matter,
+                default_env=default_env)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A Python fence: its token, the line offset of the text it was parsed from, and whether
+    it sits in a hidden comment (then `anchor` is the line after the comment)."""
+
+    token: Token
+    offset: int
+    hidden: bool
+    anchor: int
+    prefix_line: int  # the post line whose container prefix output lines take
+
+
+def _fences(path: str, lines: list[str], tokens: list[Token]) -> Iterator[_Found]:
+    for token in tokens:
+        assert token.map is not None or token.type != "fence"
+        if token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
+            _check_closed(path, lines, token, 0)
+            yield _Found(token, 0, False, token.map[1], token.map[1] - 1)
+        elif token.type == "html_block" and token.map and _is_hidden(token.content):
+            yield from _hidden(path, lines, token)
+
+
+def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:
+    """Python fences inside `<!-- runner:hidden ... -->`: run like any other, never rendered."""
+    assert comment.map is not None
+    start, end = comment.map
+    inner = comment.content.splitlines(keepends=True)
+    if len(inner) < 2 or inner[-1].strip() != HIDDEN_CLOSE:
+        raise PostError(f"hidden block must end with a line '{HIDDEN_CLOSE}'", path, start + 1)
+    for token in _MD.parse("".join(inner[1:-1])):
+        if token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
+            _check_closed(path, lines, token, start + 1)
+            yield _Found(token, start + 1, True, end, end - 1)
+
+
+def _snippet(path: str, lines: list[str], found: _Found, outputs: dict[int, Token]) -> Snippet:
+    token = found.token
+    assert token.map is not None
+    line = found.offset + token.map[0] + 1
+    prefix = _prefix(lines[found.prefix_line])
+    return Snippet(
+        path=path,
+        line=line,
+        code=token.content,
+        markers=parse_markers(path, line, token.info),
+        hidden=found.hidden,
+        anchor=found.anchor,
+        prefix=prefix,
+        output=_output_region(lines, found.anchor, outputs),
+    )
+
+
+def _output_region(lines: list[str], anchor: int, outputs: dict[int, Token]) -> Region | None:
+    """The runner-owned block right after a snippet: a blank line, the label, a blank line, then
+    one or two output fences (`runner:output`, then `runner:stderr`), each after a blank line."""
+    shape = [_content(lines, anchor + i) for i in range(3)]
+    if shape != ["", OUTPUT_LABEL, ""] or anchor + 3 not in outputs:
+        return None
+    fence = outputs[anchor + 3]
+    assert fence.map is not None
+    end = fence.map[1]
+    following = outputs.get(end + 1)
+    if _content(lines, end) == "" and following is not None and following.map:
+        end = following.map[1]
+    return Region(anchor, end)
+
+
+def _content(lines: list[str], index: int) -> str | None:
+    """A line without its container prefix and surrounding blanks (None past the end)."""
+    if index >= len(lines):
+        return None
+    return _strip_end(lines[index]).lstrip(" \t>").strip()
+
+
+def parse_markers(path: str, line: int, info: str) -> Markers:
+    """`python runner:skip="needs network" runner:timeout=60` -> Markers."""
+    try:
+        words = shlex.split(info)
+    except ValueError as exc:
+        raise PostError(f"cannot read the fence's info string: {exc}", path, line) from exc
+    values: dict[str, str] = {}
+    for word in words[1:]:
+        if not word.startswith(MARKER_PREFIX):
+            continue
+        key, _, value = word[len(MARKER_PREFIX):].partition("=")
+        if key not in {"skip", "raises", "env", "timeout"}:
+            raise PostError(f"unknown marker '{word}' (known: runner:skip, runner:raises=Error, "
+                            "runner:env=NAME, runner:timeout=SECONDS)", path, line)
+        if key != "skip" and not value:
+            raise PostError(f"marker '{MARKER_PREFIX}{key}' needs a value", path, line)
+        values[key] = value
+    timeout = None
+    if "timeout" in values:
+        try:
+            timeout = float(values["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not timeout > 0:
+            raise PostError(f"runner:timeout must be a positive number of seconds, "
+                            f"not '{values['timeout']}'", path, line)
+    return Markers(skip=values.get("skip"), raises=values.get("raises"), env=values.get("env"),
+                   timeout=timeout)
+
+
+def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
+    """YAML between a first line `---` and the next `---` or `...` line, and the body's start."""
+    if not lines or _strip_end(lines[0]).lstrip("\ufeff") != "---":
+        return {}, 0
+    for end in range(1, len(lines)):
+        if _strip_end(lines[end]) in ("---", "..."):
+            break
+    else:
+        raise PostError("front matter opened here is never closed with '---'", path, 1)
+    try:
+        data = yaml.safe_load("".join(_strip_end(x) + "\n" for x in lines[1:end]))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = 2 + mark.line if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PostError(f"invalid YAML front matter: {problem}", path, where) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PostError("front matter must be a YAML mapping", path, 2)
+    return data, end + 1
+
+
+def _default_env(path: str, front_matter: dict[str, object]) -> str | None:
+    settings = front_matter.get("runner")
+    if settings is None:
+        return None
+    env = settings.get("env") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or (env is not None and not isinstance(env, str)):
+        raise PostError("front matter 'runner' must be a mapping like {env: NAME}", path, 1)
+    return env
+
+
+def _check_closed(path: str, lines: list[str], token: Token, offset: int) -> None:
+    assert token.map is not None
+    start, end = token.map
+    if token.content.count("\n") != end - start - 2:
+        raise PostError(f"{token.markup}{token.info} fence opened here is never closed",
+                        path, offset + start + 1)
+
+
+def _language(info: str) -> str:
+    return info.split(maxsplit=1)[0].lower() if info.strip() else ""
+
+
+def _is_output(info: str) -> bool:
+    return any(word in OUTPUT_MARKERS for word in info.split())
+
+
+def _is_hidden(content: str) -> bool:
+    return content.split("\n", 1)[0].strip() == HIDDEN_OPEN
+
+
+def _prefix(line: str) -> str:
+    """The container prefix of a fence line: what precedes the fence characters."""
+    body = _strip_end(line)
+    match = re.match(r"[ \t>]*", body)
+    return match.group(0) if match else ""
+
+
+def _strip_end(line: str) -> str:
+    return line.rstrip("\r\n")

@@ -1,0 +1,114 @@
+"""The data that flows between the stages: plain frozen dataclasses, standard library only.
+
+Markdown text -> `Post` and its `Snippet`s -> `Session`s (a post's snippets grouped by
+environment) -> `SnippetResult`s -> output blocks spliced back -> report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Markers:
+    """What the author asked for in a fence's info string (`runner:skip`, `runner:env=X`, ...)."""
+
+    skip: str | None = None  # the reason; "" when none was given
+    raises: str | None = None  # the exception type name the snippet is expected to raise
+    env: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    """A span of post lines, 0-based, end-exclusive (like markdown-it's `token.map`)."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One Python code block of a post."""
+
+    path: str  # the post, as given on the command line
+    line: int  # 1-based line of the opening fence
+    code: str  # the code, container prefixes removed, "\n" line endings
+    markers: Markers
+    hidden: bool = False  # inside a `<!-- runner:hidden` comment: runs, never rendered
+    anchor: int = 0  # 0-based line index where this snippet's output block goes
+    prefix: str = ""  # what starts each line of the container (list indent, "> ")
+    output: Region | None = None  # the runner-owned output block already in the post
+
+    @property
+    def code_line(self) -> int:
+        """1-based post line of the first line of code."""
+        return self.line + 1
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Post:
+    path: str
+    text: str
+    snippets: tuple[Snippet, ...]
+    front_matter: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    default_env: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """One pinned environment: envs/NAME/requirements.in and the lock compiled from it."""
+
+    name: str
+    folder: Path
+    lock_hash: str  # sha256 of the lock and the Python version it is built for
+    distributions: frozenset[str]  # normalized names of every pinned distribution
+    kernel_env: tuple[tuple[str, str], ...] = ()  # variables set in the env's kernel
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / "requirements.lock"
+
+
+@dataclass(frozen=True)
+class Session:
+    """The snippets of one post that run in one environment, in post order, in one kernel."""
+
+    post: str
+    env: str
+    snippets: tuple[Snippet, ...]
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type: str
+    message: str
+    post_line: int | None
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a snippet printed: stdout and plain-text results in order, and stderr apart."""
+
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass(frozen=True)
+class SnippetResult:
+    snippet: Snippet
+    env: str
+    status: Status
+    output: Output = Output()
+    error: ErrorInfo | None = None
+    reason: str | None = None  # why it was skipped
+    duration_s: float = 0.0

@@ -1,0 +1,57 @@
+"""Posts on disk: find them, read them, and replace one atomically. The only writer of posts/."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from runner.errors import PostError, UsageError
+
+SUFFIXES = (".md", ".markdown")
+
+
+def find(paths: Iterable[Path]) -> list[Path]:
+    """Post files named, and the posts under folders named, in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UsageError(f"no such post or folder: {path}")
+    return list(dict.fromkeys(found))
+
+
+def read(path: Path) -> str:
+    """The post's text, exactly (BOM and line endings kept); UTF-8 or a PostError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PostError(f"cannot read: {exc.strerror or exc}", path) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PostError(f"not UTF-8: byte 0x{data[exc.start]:02x} cannot be decoded",
+                        path, line) from exc
+
+
+def replace(path: Path, old: str, new: str) -> None:
+    """Write `new` over the post in one rename, unless the post changed since it was read."""
+    if read(path) != old:
+        raise PostError("changed on disk while the runner ran: not written", path)
+    mode = path.stat().st_mode & 0o7777
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(new.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

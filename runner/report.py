@@ -1,0 +1,116 @@
+"""Outcomes -> what people and tools read: terminal lines, the JSON report, JUnit XML."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.model import SnippetResult
+
+PostStatus = Literal["passed", "failed", "stale", "error"]
+
+
+@dataclass(frozen=True)
+class PostOutcome:
+    path: str
+    status: PostStatus
+    error: str | None = None
+    error_line: int | None = None
+    diff: str = ""  # recorded vs fresh output, for a stale post
+    written: bool = False  # update wrote new output into the post
+
+
+@dataclass(frozen=True)
+class Run:
+    posts: tuple[PostOutcome, ...]
+    snippets: tuple[SnippetResult, ...]
+    duration_s: float = 0.0
+
+    def summary(self) -> dict[str, int]:
+        count = [r.status for r in self.snippets].count
+        return {"passed": count("passed"), "failed": count("failed"),
+                "skipped": count("skipped"),
+                "stale": [p.status for p in self.posts].count("stale"), "cached": 0}
+
+
+def snippet_line(result: SnippetResult) -> str | None:
+    """One terminal line for a snippet worth a line: `posts/x.md:135: NameError: ...`."""
+    s = result.snippet
+    if result.status == "failed" and result.error is not None:
+        line = result.error.post_line or s.line
+        return f"{s.path}:{line}: {result.error.type}: {result.error.message}"
+    if result.status == "skipped":
+        return f"{s.path}:{s.line}: skipped: {result.reason}"
+    return None
+
+
+def post_line(post: PostOutcome) -> str:
+    if post.status == "error":
+        where = post.path if post.error_line is None else f"{post.path}:{post.error_line}"
+        return f"{where}: error: {post.error}"
+    if post.status == "stale":
+        return f"{post.path}: stale: recorded output differs from a fresh run"
+    return f"{post.path}: {post.status}" + (" (output written)" if post.written else "")
+
+
+def terminal(run: Run) -> str:
+    by_post: dict[str, list[SnippetResult]] = {}
+    for result in run.snippets:
+        by_post.setdefault(result.snippet.path, []).append(result)
+    lines: list[str] = []
+    for post in run.posts:
+        lines += [text for r in by_post.get(post.path, []) if (text := snippet_line(r))]
+        lines.append(post_line(post))
+        if post.diff:
+            lines.append(post.diff.rstrip("\n"))
+    totals = run.summary()
+    lines.append(", ".join(f"{n} {k}" for k, n in totals.items())
+                 + f" in {len(run.posts)} posts, {run.duration_s:.1f} s")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(run: Run) -> dict[str, Any]:
+    return {
+        "summary": run.summary(),
+        "posts": [{"path": p.path, "status": p.status, "error": p.error,
+                   "error_line": p.error_line} for p in run.posts],
+        "snippets": [_snippet_json(r) for r in run.snippets],
+    }
+
+
+def _snippet_json(result: SnippetResult) -> dict[str, Any]:
+    error = result.error
+    return {
+        "post": result.snippet.path, "line": result.snippet.line, "env": result.env,
+        "status": result.status, "cached": False, "duration_s": round(result.duration_s, 3),
+        "error": None if error is None else {"type": error.type, "message": error.message,
+                                             "post_line": error.post_line},
+        "reason": result.reason,
+    }
+
+
+def write_json(run: Run, path: Path) -> None:
+    path.write_text(json.dumps(to_json(run), indent=2) + "\n", encoding="utf-8")
+
+
+def write_junit(results: Sequence[SnippetResult], path: Path) -> None:
+    """One testcase per snippet, with the post's file and the fence's line."""
+    root = ET.Element("testsuites")
+    suite = ET.SubElement(root, "testsuite", name="runner", tests=str(len(results)),
+                       failures=str(sum(r.status == "failed" for r in results)),
+                       skipped=str(sum(r.status == "skipped" for r in results)))
+    for result in results:
+        s = result.snippet
+        case = ET.SubElement(suite, "testcase", classname=s.path, name=f"{s.path}:{s.line}",
+                             file=s.path, line=str(s.line), time=f"{result.duration_s:.3f}")
+        if result.status == "failed" and result.error is not None:
+            failure = ET.SubElement(case, "failure", type=result.error.type,
+                                    message=snippet_line(result) or result.error.message)
+            failure.text = result.error.traceback
+        elif result.status == "skipped":
+            ET.SubElement(case, "skipped", message=result.reason or "")
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
