@@ -164,9 +164,11 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     try:
         data = yaml.safe_load("".join(_strip_end(x) + "\n" for x in lines[1:end]))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # Where the broken construct began (an unclosed quote's opening) beats where it broke.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         where = 2 + mark.line if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = " ".join(filter(None, (getattr(exc, "context", None),
+                                         getattr(exc, "problem", None)))) or str(exc)
         raise PostError(f"invalid YAML front matter: {problem}", path, where) from exc
     if data is None:
         data = {}

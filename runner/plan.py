@@ -3,8 +3,9 @@
 The choice, in order: the snippet's `runner:env=NAME`; the post's front matter `runner: {env:
 NAME}`; else the environments whose pinned distributions provide every module the snippet
 imports. When several do, the previous snippet's environment wins if it is one of them (code
-that goes on from the snippet before stays in its kernel), then the first by name. A snippet that
-imports nothing outside the standard library goes with the snippet before it. Pure: no I/O.
+that goes on from the snippet before stays in its kernel), then the smallest (fewest pinned
+distributions: the least that does the job), then the first by name. A snippet that imports
+nothing outside the standard library goes with the snippet before it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def choose_env(snippet: Snippet, default: str | None, previous: str | None,
                             snippet.path, snippet.line)
         return named
     needed = third_party_imports(snippet.code)
-    covering = [name for name in sorted(envs)
-                if all(_provides(envs[name], module, import_names) for module in needed)]
+    covering = sorted((name for name, env in envs.items()
+                       if all(_provides(env, module, import_names) for module in needed)),
+                      key=lambda name: (len(envs[name].distributions), name))
     if not covering:
         missing = next(m for m in needed
                        if not any(_provides(e, m, import_names) for e in envs.values()))

@@ -1,0 +1,122 @@
+"""Real kernels in the real sklearn environment (built from its lock, or found in the cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.markdown import parse
+from runner.model import Session, SnippetResult
+from runner.plan import plan
+
+pytestmark = pytest.mark.kernel
+
+
+def run(built, project, text: str, timeout: float = 60) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
+    from runner.execute import run_session
+
+    post = parse("posts/t.md", text)
+    sessions = plan(post, project.envs)
+    results: list[SnippetResult] = []
+    for session in sessions:
+        results += asyncio.run(run_session(session, built(session.env), timeout))
+    return results
+
+
+def fences(*codes: str, info: tuple[str, ...] = ()) -> str:
+    """A post of `runner:env=sklearn` snippets; fence i opens on line 1 + sum of sizes before."""
+    infos = list(info) + [""] * (len(codes) - len(info))
+    return "".join(f"```python runner:env=sklearn{i}\n{c}\n```\n" for i, c in zip(infos, codes))
+
+
+def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
+        built, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # A user-level kernelspec with the same name, pointing at another Python, must not win.
+    spec = tmp_path / "kernels" / "runner-sklearn"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": ["/usr/bin/false"], "display_name": "hijack", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
+    [result] = run(built, project, fences("import sys, os\nprint(sys.prefix)\nprint(os.getcwd())"))
+    assert result.status == "passed", result.error
+    prefix, cwd = result.output.stdout.splitlines()
+    assert Path(prefix).resolve() == built("sklearn").prefix.resolve()
+    assert Path(cwd).name.startswith("runner-sklearn-") and not Path(cwd).exists()
+
+
+def test_stdout_results_and_stderr_kept_apart(built, project) -> None:  # type: ignore[no-untyped-def]
+    code = "import sys\nprint('out')\nprint('warn', file=sys.stderr)\n6 * 7"
+    [result] = run(built, project, fences(code))
+    assert result.output.stdout == "out\n42\n"
+    assert result.output.stderr == "warn\n"
+
+
+def test_snippets_share_one_kernel_in_post_order(built, project) -> None:  # type: ignore[no-untyped-def]
+    results = run(built, project, fences("x = 20", "x += 1", "print(x * 2)"))
+    assert [r.status for r in results] == ["passed"] * 3
+    assert results[2].output.stdout == "42\n"
+
+
+def test_error_is_mapped_to_the_post_line_of_the_raising_statement(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("def f():\n    return 1 / 0", "y = 1\nf()", "print('never')")
+    # fence 1 at line 1 (code on 2-3), fence 2 at line 5 (code 6-7), fence 3 at line 9
+    first, second, third = run(built, project, text)
+    assert first.status == "passed"
+    assert second.status == "failed" and second.error is not None
+    assert (second.error.type, second.error.post_line) == ("ZeroDivisionError", 3)
+    assert "ZeroDivisionError" in second.error.traceback
+    assert third.status == "skipped" and third.reason == "not run: the snippet at line 5 failed"
+
+
+def test_name_error_and_syntax_error_lines(built, project) -> None:  # type: ignore[no-untyped-def]
+    [name] = run(built, project, fences("a = 1\n\nprint(undefined_name)"))
+    assert name.error is not None
+    assert (name.error.type, name.error.post_line) == ("NameError", 4)
+    assert name.error.message == "name 'undefined_name' is not defined"
+    [syntax] = run(built, project, fences("a = 1\nb = (\nc = 2 +"))
+    assert syntax.error is not None and syntax.error.type == "SyntaxError"
+    assert syntax.error.post_line in (3, 4)
+
+
+def test_raises_marker(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("print('before')\nraise KeyError('k')", "x = 1",
+                  info=(" runner:raises=KeyError", " runner:raises=ValueError"))
+    raised, silent = run(built, project, text)
+    assert raised.status == "passed" and raised.output.stdout == "before\nKeyError: 'k'\n"
+    assert silent.status == "failed" and silent.error is not None
+    assert silent.error.type == "DidNotRaise"
+
+
+def test_skip_marker_does_not_run(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("raise SystemExit('must not run')", "print('ran')",
+                  info=(' runner:skip="needs network"',))
+    skipped, ran = run(built, project, text)
+    assert (skipped.status, skipped.reason) == ("skipped", "needs network")
+    assert ran.status == "passed" and ran.output.stdout == "ran\n"
+
+
+def test_timeout_fails_the_snippet_and_stops_the_session(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("import time\ntime.sleep(60)", "print('after')",
+                  info=(" runner:timeout=2",))
+    slow, after = run(built, project, text)
+    assert slow.status == "failed" and slow.error is not None
+    assert (slow.error.type, slow.error.message) == ("TimeoutError", "timed out after 2 s")
+    assert slow.duration_s < 30
+    assert after.status == "skipped"
+
+
+def test_dead_kernel_fails_the_snippet(built, project) -> None:  # type: ignore[no-untyped-def]
+    dead, after = run(built, project, fences("import os\nos._exit(3)", "print('after')"))
+    assert dead.status == "failed" and dead.error is not None
+    assert dead.error.type == "DeadKernelError"
+    assert after.status == "skipped"
+
+
+def test_session_results_come_back_for_every_snippet(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("print(1)", "print(2)")
+    session = plan(parse("posts/t.md", text), project.envs)[0]
+    assert isinstance(session, Session) and len(run(built, project, text)) == 2
