@@ -25,6 +25,8 @@ OUTPUT_MARKERS = {"runner:output": "stdout", "runner:stderr": "stderr"}
 OUTPUT_LABEL = "*Verified output:*"
 HIDDEN_OPEN = "<!-- runner:hidden"
 HIDDEN_CLOSE = "-->"
+MDX_HIDDEN_OPEN = "{/* runner:hidden"  # MDX has no HTML comments: a JSX comment instead
+MDX_HIDDEN_CLOSE = "*/}"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # markdown-it's line breaks
 _MD = MarkdownIt("commonmark")
 
@@ -61,13 +63,26 @@ class _Found:
 
 
 def _fences(path: str, lines: list[str], tokens: list[Token]) -> Iterator[_Found]:
+    mdx_open: Token | None = None  # an open `{/* runner:hidden` paragraph (MDX)
+    pending: list[Token] = []  # the Python fences inside it
     for token in tokens:
-        assert token.map is not None or token.type != "fence"
-        if token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
+        text = token.content.strip() if token.type == "inline" else None
+        if text == MDX_HIDDEN_OPEN:
+            mdx_open, pending = token, []
+        elif text == MDX_HIDDEN_CLOSE and mdx_open is not None and token.map:
+            yield from (_Found(f, 0, True, token.map[1], token.map[1] - 1) for f in pending)
+            mdx_open = None
+        elif token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
             _check_closed(path, lines, token, 0)
-            yield _Found(token, 0, False, token.map[1], token.map[1] - 1)
+            if mdx_open is not None:
+                pending.append(token)
+            else:
+                yield _Found(token, 0, False, token.map[1], token.map[1] - 1)
         elif token.type == "html_block" and token.map and _is_hidden(token.content):
             yield from _hidden(path, lines, token)
+    if mdx_open is not None:
+        raise PostError(f"hidden block must end with a line '{MDX_HIDDEN_CLOSE}'", path,
+                        (mdx_open.map or [0])[0] + 1)
 
 
 def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.errors import PostError, UsageError
 
-SUFFIXES = (".md", ".markdown")
+SUFFIXES = (".md", ".markdown", ".mdx")
 
 
 def find(paths: Iterable[Path]) -> list[Path]:
