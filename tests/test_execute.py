@@ -27,9 +27,10 @@ def run(built, project, text: str, timeout: float = 60) -> list[SnippetResult]: 
 
 
 def fences(*codes: str, info: tuple[str, ...] = ()) -> str:
-    """A post of `runner:env=sklearn` snippets; fence i opens on line 1 + sum of sizes before."""
+    """A post of `runner:env=sklearn` snippets, one after another."""
     infos = list(info) + [""] * (len(codes) - len(info))
-    return "".join(f"```python runner:env=sklearn{i}\n{c}\n```\n" for i, c in zip(infos, codes))
+    pairs = zip(infos, codes, strict=True)
+    return "".join(f"```python runner:env=sklearn{i}\n{c}\n```\n" for i, c in pairs)
 
 
 def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(

@@ -5,7 +5,6 @@ import pytest
 from runner.errors import PlanError
 from runner.markdown import parse
 from runner.plan import plan, third_party_imports
-
 from tests.conftest import spec
 
 ENVS = {
