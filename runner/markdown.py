@@ -70,6 +70,7 @@ def _fences(path: str, lines: list[str], tokens: list[Token]) -> Iterator[_Found
         if text == MDX_HIDDEN_OPEN:
             mdx_open, pending = token, []
         elif text == MDX_HIDDEN_CLOSE and mdx_open is not None and token.map:
+            _one_per_hidden_block(path, pending, 0)
             yield from (_Found(f, 0, True, token.map[1], token.map[1] - 1) for f in pending)
             mdx_open = None
         elif token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
@@ -92,10 +93,19 @@ def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:
     inner = comment.content.splitlines(keepends=True)
     if len(inner) < 2 or inner[-1].strip() != HIDDEN_CLOSE:
         raise PostError(f"hidden block must end with a line '{HIDDEN_CLOSE}'", path, start + 1)
-    for token in _MD.parse("".join(inner[1:-1])):
-        if token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
-            _check_closed(path, lines, token, start + 1)
-            yield _Found(token, start + 1, True, end, end - 1)
+    fences = [t for t in _MD.parse("".join(inner[1:-1]))
+              if t.type == "fence" and t.map and _language(t.info) in PYTHON_LANGUAGES]
+    _one_per_hidden_block(path, fences, start + 1)
+    for token in fences:
+        _check_closed(path, lines, token, start + 1)
+        yield _Found(token, start + 1, True, end, end - 1)
+
+
+def _one_per_hidden_block(path: str, fences: list[Token], offset: int) -> None:
+    """Each hidden block's output goes after it: two snippets in one would share that place."""
+    if len(fences) > 1 and fences[1].map:
+        raise PostError("a hidden block holds one Python snippet: open another "
+                        "hidden block for this one", path, offset + fences[1].map[0] + 1)
 
 
 def _snippet(path: str, lines: list[str], found: _Found, outputs: dict[int, Token]) -> Snippet:

@@ -33,10 +33,14 @@ def render(post: Post, outputs: Mapping[int, Output]) -> str:
         block = output_block(snippet, output, newline)
         start, end = ((snippet.output.start, snippet.output.end) if snippet.output
                       else (snippet.anchor, snippet.anchor))
-        if block and end == len(lines) and not _ends_line(lines[-1] if lines else ""):
-            if start == len(lines):  # inserting after a last line that has no newline
+        if end == len(lines) and lines and not _ends_line(lines[-1]):
+            # The post ends without a newline: so must it after the edit.
+            if block and start == len(lines):  # inserting after that last line
                 lines[-1] += newline
-            block[-1] = block[-1].rstrip("\r\n")
+            if block:
+                block[-1] = block[-1].rstrip("\r\n")
+            elif start > 0:  # removing the block that ended the post
+                lines[start - 1] = lines[start - 1].rstrip("\r\n")
         lines[start:end] = block
     return "".join(lines)
 

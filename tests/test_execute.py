@@ -121,3 +121,32 @@ def test_session_results_come_back_for_every_snippet(built, project) -> None:  #
     text = fences("print(1)", "print(2)")
     session = plan(parse("posts/t.md", text), project.envs)[0]
     assert isinstance(session, Session) and len(run(built, project, text)) == 2
+
+
+FORGOTTEN_SERVER = """\
+import socket, threading, time
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+print(sock.getsockname()[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_server_left_running_stops_with_the_session(built, project) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    text = f"```python runner:env=fastapi\n{FORGOTTEN_SERVER}```\n"
+    [result] = run(built, project, text)
+    assert result.status == "passed", result.error
+    port = int(result.output.stdout)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port),
+                                                                          timeout=5):
+        pass

@@ -1,0 +1,408 @@
+"""runner.writeback: output blocks spliced into posts, checked against golden files.
+
+tests/fixtures/writeback/CASE.md is a post and CASE.expected.md is what `render` must give for
+the outputs in `CASES` below. The goldens are plain LF files; the CRLF variants are made here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from runner.errors import PostError
+from runner.markdown import parse, split_lines
+from runner.model import Output, Post, Region
+from runner.writeback import normalize, output_block, render
+
+FIXTURES = Path(__file__).parent / "fixtures" / "writeback"
+
+# The outputs each golden case is rendered with, keyed by fence line (1-based).
+CASES: dict[str, dict[int, Output]] = {
+    "plain": {  # 19 is not run: untouched; the bash block is not a snippet
+        7: Output("hello\n"),
+        13: Output("to stdout\n", "to stderr\n"),
+        23: Output("tilde\n"),
+        32: Output("hidden\n"),
+    },
+    "replace": {  # existing blocks: replaced, shrunk to stdout only, removed; 38 untouched
+        3: Output("new\n"),
+        13: Output("out\n"),
+        28: Output(),
+    },
+    "list_item": {
+        5: Output("one\n\ntwo\n"),
+        13: Output("", "oops\n"),
+        21: Output("3\n"),
+    },
+    "block_quote": {
+        3: Output("a\n\nb\n", "warn\n"),
+        13: Output("last in its quote\n"),
+    },
+    "no_final_newline": {3: Output("last\n")},
+    "backticks": {
+        3: Output("```python\nx = 1\n```\n"),
+        9: Output("````\n"),
+        13: Output("inline `code` only\n"),
+    },
+}
+# Cases whose input has no output block yet: rendering only inserts lines.
+FRESH = ["plain", "list_item", "block_quote", "no_final_newline", "backticks"]
+
+def read(name: str) -> str:
+    return (FIXTURES / name).read_bytes().decode("utf-8")
+
+
+def golden(case: str, ending: str = "\n") -> tuple[str, str]:
+    """The case's input and expected text, with `ending` line endings."""
+    return (read(f"{case}.md").replace("\n", ending),
+            read(f"{case}.expected.md").replace("\n", ending))
+
+
+def rekey(before: Post, after: Post, outputs: Mapping[int, Output]) -> dict[int, Output]:
+    """The same outputs keyed by the fence lines of `after` (the same post, lines shifted)."""
+    assert [s.code for s in after.snippets] == [s.code for s in before.snippets]
+    return {new.line: outputs[old.line]
+            for old, new in zip(before.snippets, after.snippets, strict=True)
+            if old.line in outputs}
+
+
+def empty_outputs(post: Post) -> dict[int, Output]:
+    return {s.line: Output() for s in post.snippets}
+
+
+ENDINGS = pytest.mark.parametrize("ending", ["\n", "\r\n"], ids=["lf", "crlf"])
+
+
+# --- golden files ----------------------------------------------------------------------------
+
+
+@ENDINGS
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden(case: str, ending: str) -> None:
+    text, expected = golden(case, ending)
+    post = parse(f"{case}.md", text)
+    outputs = CASES[case]
+    assert set(outputs) <= {s.line for s in post.snippets}  # the keys are real fence lines
+    result = render(post, outputs)
+    assert result == expected
+    if ending == "\r\n":  # every inserted line uses the post's CRLF
+        assert "\n" not in result.replace("\r\n", "")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden_with_bom(case: str) -> None:
+    text, expected = golden(case, "\r\n")
+    assert render(parse("p.md", "\ufeff" + text), CASES[case]) == "\ufeff" + expected
+
+
+def test_golden_files_are_plain_lf() -> None:
+    for path in FIXTURES.glob("*.md"):
+        assert b"\r" not in path.read_bytes(), path.name
+    assert not read("no_final_newline.md").endswith("\n")
+    assert not read("no_final_newline.expected.md").endswith("\n")
+
+
+def test_list_item_block_keeps_the_item_indentation() -> None:
+    text, expected = golden("list_item")
+    inserted = _inserted_lines(text, expected)
+    assert inserted
+    for line in inserted:
+        assert line == "\n" or line.startswith("  "), line
+    assert "   *Verified output:*\n" in inserted  # the ordered item's three spaces
+
+
+def test_block_quote_block_keeps_the_quote_prefix() -> None:
+    text, expected = golden("block_quote")
+    inserted = _inserted_lines(text, expected)
+    assert inserted
+    for line in inserted:
+        assert line == ">\n" or line.startswith("> "), line
+    assert ">\n" in inserted  # blank lines in the quote are a bare '>'
+
+
+def test_output_fence_is_longer_than_any_backtick_run() -> None:
+    _, expected = golden("backticks")
+    lines = split_lines(expected)
+    assert "````text runner:output\n" in lines
+    assert "`````text runner:output\n" in lines
+    assert "```text runner:output\n" in lines
+
+
+def _inserted_lines(old: str, new: str) -> list[str]:
+    a, b = split_lines(old), split_lines(new)
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    return [line for tag, _, _, j1, j2 in matcher.get_opcodes() if tag == "insert"
+            for line in b[j1:j2]]
+
+
+# --- properties of render on the goldens -----------------------------------------------------
+
+
+@ENDINGS
+@pytest.mark.parametrize("case", list(CASES))
+def test_render_is_idempotent(case: str, ending: str) -> None:
+    text, expected = golden(case, ending)
+    post = parse("p.md", text)
+    rendered = parse("p.md", render(post, CASES[case]))
+    assert rendered.text == expected
+    assert render(rendered, rekey(post, rendered, CASES[case])) == expected
+
+
+@ENDINGS
+@pytest.mark.parametrize("case", [c for c in FRESH if c != "no_final_newline"])
+def test_fresh_post_only_gains_lines(case: str, ending: str) -> None:
+    text, _ = golden(case, ending)
+    a = split_lines(text)
+    b = split_lines(render(parse("p.md", text), CASES[case]))
+    opcodes = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    assert {tag for tag, *_ in opcodes} == {"equal", "insert"}
+
+
+@ENDINGS
+@pytest.mark.parametrize("case", FRESH)
+def test_empty_outputs_give_back_the_original(case: str, ending: str) -> None:
+    text, expected = golden(case, ending)
+    rendered = parse("p.md", expected)
+    with_block = rekey(parse("p.md", text), rendered, CASES[case])
+    assert [s.output is not None for s in rendered.snippets] == [
+        s.line in with_block for s in rendered.snippets]
+    assert render(rendered, empty_outputs(rendered)) == text
+
+
+def test_removing_the_last_block_keeps_a_missing_final_newline() -> None:
+    with_block = "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nx\n```"
+    post = parse("p.md", with_block)
+    assert post.snippets[0].output == Region(3, 9)
+    assert render(post, {1: Output()}) == "```python\nx\n```"
+
+
+def test_last_block_without_final_newline_is_replaced_in_place() -> None:
+    with_block = "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nold\n```"
+    post = parse("p.md", with_block)
+    assert render(post, {1: Output("new")}) == with_block.replace("old", "new")
+
+
+def test_empty_output_removes_an_existing_block() -> None:
+    text, _ = golden("replace")
+    post = parse("p.md", text)
+    assert [s.output is not None for s in post.snippets] == [True, True, True, True]
+    bare = render(post, empty_outputs(post))
+    assert bare == (
+        "# Recorded outputs\n\n"
+        '```python\nprint("new")\n```\n\n'
+        '```python\nimport sys\nprint("out")\n```\n\n'
+        "```python\npass\n```\n\n"
+        '```python\nprint("skipped")\n```\n'
+    )
+    assert all(s.output is None for s in parse("p.md", bare).snippets)
+
+
+def test_empty_output_without_a_block_changes_nothing() -> None:
+    text, _ = golden("plain")
+    post = parse("p.md", text)
+    assert render(post, empty_outputs(post)) == text
+    assert render(post, {7: Output("   \n\n", "\x1b[0m")}) == text  # blank once normalized
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_snippets_not_in_outputs_are_untouched(case: str) -> None:
+    for text in golden(case):
+        assert render(parse("p.md", text), {}) == text
+
+
+def test_real_post_is_stable() -> None:
+    """The project's published post fixture renders to itself with the outputs it records."""
+    found = sorted((Path(__file__).parent / "fixtures" / "posts" / "published").glob("*.md"))
+    if not found:
+        pytest.skip("no post fixture")
+    for post_path in found:
+        text = post_path.read_bytes().decode("utf-8")
+        post = parse(str(post_path), text)
+        assert render(post, {}) == text
+        assert render(post, _recorded_outputs(post)) == text
+
+
+# --- output_block and normalize --------------------------------------------------------------
+
+
+def test_stdout_and_stderr_go_to_separate_fences() -> None:
+    (snippet,) = parse("p.md", "```python\nx\n```\n").snippets
+    block = output_block(snippet, Output("out 1\nout 2\n", "err\n"))
+    assert block == [
+        "\n", "*Verified output:*\n",
+        "\n", "```text runner:output\n", "out 1\n", "out 2\n", "```\n",
+        "\n", "```text runner:stderr\n", "err\n", "```\n",
+    ]
+    assert output_block(snippet, Output("", "err\n")) == [
+        "\n", "*Verified output:*\n", "\n", "```text runner:stderr\n", "err\n", "```\n",
+    ]
+    assert output_block(snippet, Output("only out")) == [
+        "\n", "*Verified output:*\n", "\n", "```text runner:output\n", "only out\n", "```\n",
+    ]
+    assert output_block(snippet, Output(" \n", "\n")) == []
+    assert output_block(snippet, Output("out", "err"), "\r\n") == [
+        "\r\n", "*Verified output:*\r\n",
+        "\r\n", "```text runner:output\r\n", "out\r\n", "```\r\n",
+        "\r\n", "```text runner:stderr\r\n", "err\r\n", "```\r\n",
+    ]
+
+
+def test_stderr_only_block_is_found_again() -> None:
+    post = parse("p.md", "```python\nx\n```\n\nafter\n")
+    rendered = parse("p.md", render(post, {1: Output("", "warning\n")}))
+    assert rendered.snippets[0].output == Region(3, 9)
+    assert render(rendered, {1: Output("now out\n")}) == (
+        "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nnow out\n```\n"
+        "\nafter\n"
+    )
+
+
+def test_normalize() -> None:
+    assert normalize("\x1b[31mred\x1b[0m and \x1b[1;32mbold green\x1b[0m") == "red and bold green"
+    assert normalize("\x1b[?25lcursor hidden\x1b[?25h") == "cursor hidden"
+    assert normalize("trailing   \nspaces\t \n") == "trailing\nspaces"
+    assert normalize("crlf\r\nlines\r\n") == "crlf\nlines"
+    assert normalize("tail\n\n\n") == "tail"
+    assert normalize("a\n\n  \nb") == "a\n\n\nb"  # inner blank lines stay, emptied
+    assert normalize("  indented\n    more") == "  indented\n    more"  # leading spaces stay
+    assert normalize("") == ""
+    assert normalize("\x1b[0m  \n") == ""
+
+
+def test_render_writes_normalized_output() -> None:
+    post = parse("p.md", "```python\nx\n```\n")
+    assert render(post, {1: Output("\x1b[31mred\x1b[0m   \r\nline 2  \n\n\n")}) == (
+        "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nred\nline 2\n```\n"
+    )
+
+
+# --- one snippet per hidden block --------------------------------------------------------
+
+TWO_HIDDEN = """\
+<!-- runner:hidden
+```python
+a = 1
+```
+
+```python
+b = 2
+```
+-->
+"""
+
+
+def test_two_snippets_in_one_hidden_comment_are_refused_at_the_second() -> None:
+    # Both outputs would go after the same `-->` line and could not be told apart again.
+    with pytest.raises(PostError) as caught:
+        parse("p.md", TWO_HIDDEN)
+    assert caught.value.line == 6 and "one Python snippet" in caught.value.message
+    mdx = TWO_HIDDEN.replace("<!-- runner:hidden", "{/* runner:hidden").replace("-->", "*/}")
+    with pytest.raises(PostError) as caught:
+        parse("p.mdx", mdx)
+    assert caught.value.line == 6
+
+
+# --- property: random posts ------------------------------------------------------------------
+
+# Prose and code never make a fence, a comment end, a quote, a bullet or front matter by chance.
+PROSE_CHARS = string.ascii_letters + string.digits + " .,;:!?()'\"/=+#%$"
+CODE_CHARS = PROSE_CHARS + "[]{}_*<&|\\"
+OUTPUT_CHARS = string.ascii_letters + string.digits + string.punctuation + "    \n"
+ANSI = st.sampled_from(["\x1b[31m", "\x1b[0m", "\x1b[1;32m"])
+FENCES = st.sampled_from(["```", "````", "\n```\n", "\n````python\n", "~~~", "\n  ```"])
+
+prose_line = st.text(PROSE_CHARS, max_size=20)
+code_line = st.text(CODE_CHARS, max_size=20)
+output_text = st.lists(st.one_of(st.text(OUTPUT_CHARS, max_size=30), ANSI, FENCES),
+                       max_size=4).map("".join)
+outputs_strategy = st.one_of(st.none(), st.builds(Output, output_text, output_text))
+
+
+@st.composite
+def generated_posts(draw: st.DrawFn) -> tuple[str, list[str], str]:
+    """A post (all lines ending in `ending`), the code of its snippets, and the ending."""
+    ending = draw(st.sampled_from(["\n", "\r\n"]))
+    lines: list[str] = []
+    codes: list[str] = []
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["prose", "fence", "quote", "list", "hidden"]))
+        if kind == "prose":
+            lines += draw(st.lists(prose_line, min_size=1, max_size=4))
+            continue
+        code = draw(st.lists(code_line, max_size=4))
+        fence = draw(st.sampled_from(["```", "~~~", "````"]))
+        language = draw(st.sampled_from(["python", "py", "Python3", "python runner:skip"]))
+        first, rest = {"fence": ("", ""), "quote": ("> ", "> "), "list": ("- ", "  "),
+                       "hidden": ("", "")}[kind]
+        if kind == "hidden":
+            lines.append("<!-- runner:hidden")
+        lines.append(first + fence + language)
+        lines += [rest + c for c in code]
+        lines.append(rest + fence)
+        if kind == "hidden":
+            lines.append("-->")
+        codes.append("".join(c + "\n" for c in code))
+    return "".join(line + ending for line in lines), codes, ending
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(generated=generated_posts(), data=st.data())
+def test_render_round_trip_property(generated: tuple[str, list[str], str],
+                                    data: st.DataObject) -> None:
+    text, codes, ending = generated
+    post = parse("p.md", text)
+    assert [s.code for s in post.snippets] == codes
+    assert all(s.output is None for s in post.snippets)
+    assert render(post, {}) == text
+
+    chosen = data.draw(st.lists(outputs_strategy, min_size=len(codes), max_size=len(codes)))
+    outputs = {s.line: o for s, o in zip(post.snippets, chosen, strict=True) if o is not None}
+    rendered_text = render(post, outputs)
+    rendered = parse("p.md", rendered_text)
+    assert [s.code for s in rendered.snippets] == codes
+    if ending == "\r\n":
+        assert "\n" not in rendered_text.replace("\r\n", "")
+
+    # parse finds every block render wrote, where it wrote it, and reads back the outputs
+    lines = split_lines(rendered_text)
+    tokens = MarkdownIt("commonmark").parse(rendered_text)
+    for old, new in zip(post.snippets, rendered.snippets, strict=True):
+        output = outputs.get(old.line)
+        block = output_block(new, output, ending) if output is not None else []
+        if not block:
+            assert new.output is None
+            continue
+        assert new.output is not None
+        assert new.output.start == new.anchor
+        assert lines[new.output.start:new.output.end] == block
+        assert output is not None
+        assert _read_back(tokens, new.output) == (normalize(output.stdout),
+                                                  normalize(output.stderr))
+
+    # idempotent, and empty outputs strip every block: the original text exactly
+    assert render(rendered, rekey(post, rendered, outputs)) == rendered_text
+    assert render(rendered, empty_outputs(rendered)) == text
+
+
+def _read_back(tokens: list[Token], region: Region) -> tuple[str, str]:
+    """stdout and stderr as a Markdown reader sees them in the block's fences."""
+    found = {"runner:output": "", "runner:stderr": ""}
+    for token in tokens:
+        if token.type == "fence" and token.map and region.start <= token.map[0] < region.end:
+            (marker,) = [w for w in token.info.split() if w in found]
+            found[marker] = token.content.removesuffix("\n")
+    return found["runner:output"], found["runner:stderr"]
+
+
+def _recorded_outputs(post: Post) -> dict[int, Output]:
+    """The outputs a post records, read back from its blocks."""
+    tokens = MarkdownIt("commonmark").parse(post.text.replace("\r\n", "\n"))
+    return {s.line: Output(*_read_back(tokens, s.output)) for s in post.snippets if s.output}
