@@ -51,14 +51,14 @@ class _Stop(Exception):
 
 async def run_session(session: Session, env: BuiltEnv, timeout: float) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet."""
-    notebook = session_notebook(session)
-    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
-    client = _client(notebook, env, timeout)
     results: list[SnippetResult] = []
+    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
     try:
+        notebook = session_notebook(session)
+        client = _client(notebook, env, timeout)
         async with client.async_setup_kernel(cwd=str(scratch), env=_kernel_env(env),
                                              stdout=log, stderr=log, cleanup_kc=True):
             await _check_prefix(client, env)

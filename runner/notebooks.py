@@ -8,7 +8,7 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from runner.model import Session
+from runner.model import Session, Snippet
 
 
 def session_notebook(session: Session) -> NotebookNode:
@@ -47,7 +47,40 @@ def _cell(session: Session, index: int) -> NotebookNode:
         metadata["tags"] = ["raises-exception"]
     if snippet.markers.skip is not None:
         metadata["tags"] = ["skip-execution"]
-    return new_code_cell(source=snippet.code.rstrip("\n"), metadata=metadata)
+    return new_code_cell(source=cell_source(snippet), metadata=metadata)
+
+
+def is_doctest(code: str) -> bool:
+    """A block written as an interactive session (`>>> ` prompts) is checked as a doctest."""
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    return first.lstrip().startswith(">>>")
+
+
+def cell_source(snippet: Snippet) -> str:
+    """The code a snippet runs as: itself, or for a `>>>` session, doctest run over it in the
+    kernel's own namespace. A failing example is raised again from a statement compiled at the
+    example's line in this cell's file, so the error maps back to that post line."""
+    code = snippet.code.rstrip("\n")
+    if not is_doctest(code):
+        return code
+    return _DOCTEST.format(source=repr(snippet.code), name=repr(f"{snippet.path}:{snippet.line}"))
+
+
+_DOCTEST = """\
+import doctest as _runner_doctest, sys as _runner_sys
+_runner_test = _runner_doctest.DocTestParser().get_doctest({source}, {{}}, {name}, None, 0)
+_runner_test.globs = globals()  # examples share the kernel's namespace, as cells do
+try:
+    _runner_doctest.DebugRunner(optionflags=_runner_doctest.ELLIPSIS).run(
+        _runner_test, clear_globs=False)
+except (_runner_doctest.DocTestFailure, _runner_doctest.UnexpectedException) as _runner_fail:
+    _runner_error = (
+        _runner_fail.exc_info[1] if isinstance(_runner_fail, _runner_doctest.UnexpectedException)
+        else AssertionError(f"expected {{_runner_fail.example.want!r}}, "
+                            f"got {{_runner_fail.got!r}}"))
+    exec(compile("\\n" * _runner_fail.example.lineno + "raise _runner_error from None",
+                 _runner_sys._getframe().f_code.co_filename, "exec"),
+         {{"_runner_error": _runner_error}})"""
 
 
 def _metadata(session: Session) -> dict[str, object]:

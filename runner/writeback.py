@@ -9,18 +9,31 @@ snippet wrote to stderr, a blank line and a `runner:stderr` fence. No output, no
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from runner.markdown import OUTPUT_LABEL, split_lines
 from runner.model import Output, Post, Snippet
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_UNIT = r"(?:ns|µs|us|ms|s|min)"
+# Built-in normalisations, applied to all output before it is compared or written.
+BUILTIN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # object addresses: <Foo object at 0x7f3a2b1c0d90>
+    (re.compile(r"\b0x[0-9a-fA-F]{6,16}\b"), "0x..."),
+    # %timeit and %time: the figures change on every run
+    (re.compile(rf"(?m)^[\d.]+ {_UNIT} ± [\d.]+ {_UNIT} per loop \(mean ± std\. dev\. of .*\)$"),
+     "[timing elided by the runner]"),
+    (re.compile(r"(?m)^(CPU times|Wall time): .*$"), r"\1: [elided by the runner]"),
+)
 
 
-def normalize(text: str) -> str:
-    """What is compared and written: no ANSI colours, no trailing spaces, no blank tail."""
-    lines = [line.rstrip() for line in _ANSI.sub("", text).replace("\r\n", "\n").split("\n")]
-    return "\n".join(lines).strip("\n")
+def normalize(text: str, patterns: Sequence[tuple[re.Pattern[str], str]] = ()) -> str:
+    """What is compared and written: no ANSI colours, addresses or timings (and the project's
+    own patterns), no trailing spaces, no blank tail."""
+    text = _ANSI.sub("", text).replace("\r\n", "\n")
+    for pattern, replacement in (*BUILTIN_PATTERNS, *patterns):
+        text = pattern.sub(replacement, text)
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
 
 
 def render(post: Post, outputs: Mapping[int, Output]) -> str:
