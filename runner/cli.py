@@ -12,16 +12,25 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner import __version__, envs, markdown, notebooks, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.execute import run_session
+from runner.images import same_picture
 from runner.model import ErrorInfo, Output, Post, Session, SnippetResult
 from runner.report import PostOutcome, Run
-from runner.writeback import render
+from runner.writeback import (
+    FIGURE_GLOB,
+    RenderOptions,
+    figure_folder,
+    figures,
+    output_block,
+    render,
+    stamp,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -61,8 +70,17 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     for item in work:
         _parse_and_plan(item, config)
     built = _build_envs({s.env for item in work for s in item.sessions}, config)
-    asyncio.run(_execute(work, built, args.jobs, args.timeout or config.timeout))
-    outcomes = tuple(_finish(item, write=args.command == "update") for item in work)
+    timeout = args.timeout or config.timeout
+    asyncio.run(_execute(work, built, args.jobs, timeout))
+    options = RenderOptions(config.patterns, config.max_output_lines)
+    if args.check_determinism:
+        first = {id(item): item.results for item in work}
+        for item in work:
+            item.results = []
+        asyncio.run(_execute(work, built, args.jobs, timeout))
+        for item in work:
+            item.results = _check_determinism(first[id(item)], item.results, options)
+    outcomes = tuple(_finish(item, args.command == "update", options, config) for item in work)
     run = Run(outcomes, tuple(r for item in work for r in item.results),
               time.monotonic() - started)
     sys.stdout.write(report.terminal(run))
@@ -130,7 +148,7 @@ def _env_error(error: EnvError, line: int) -> ErrorInfo:
     return ErrorInfo("EnvError", error.message, line)
 
 
-def _finish(item: _Work, write: bool) -> PostOutcome:
+def _finish(item: _Work, write: bool, options: RenderOptions, config: Config) -> PostOutcome:
     path = str(item.path)
     if item.error is not None or item.post is None:
         error = item.error or PostError("not parsed", path)
@@ -139,16 +157,60 @@ def _finish(item: _Work, write: bool) -> PostOutcome:
         return PostOutcome(path, "failed")
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in item.results
                                   if r.status == "passed"}
-    fresh = render(item.post, outputs)
-    if fresh == item.post.text:
+    fresh = stamp(render(item.post, outputs, options), _stamp_value(item.sessions, config))
+    folder = item.path.parent
+    pictures = {folder / rel: png for rel, png in figures(item.post, outputs).items()}
+    redrawn = [p for p, png in pictures.items()
+               if (old := posts.read_bytes(p)) is None or not same_picture(old, png)]
+    orphans = [p for p in sorted((folder / figure_folder(path)).glob(FIGURE_GLOB))
+               if p not in pictures]
+    if fresh == item.post.text and not redrawn and not orphans:
         return PostOutcome(path, "passed")
     if not write:
-        return PostOutcome(path, "stale", diff=_diff(path, item.post.text, fresh))
+        notes = [f"figure {p}: {'missing or changed' if p in redrawn else 'no longer drawn'}\n"
+                 for p in [*redrawn, *orphans]]
+        return PostOutcome(path, "stale", diff=_diff(path, item.post.text, fresh) + "".join(notes))
     try:
-        posts.replace(item.path, item.post.text, fresh)
-    except PostError as exc:
-        return PostOutcome(path, "error", exc.message, exc.line)
+        for picture in redrawn:
+            posts.write_atomic(picture, pictures[picture])
+        for orphan in orphans:
+            orphan.unlink()
+        if fresh != item.post.text:
+            posts.replace(item.path, item.post.text, fresh)
+    except (PostError, OSError) as exc:
+        return PostOutcome(path, "error", str(exc))
     return PostOutcome(path, "passed", written=True)
+
+
+def _stamp_value(sessions: tuple[Session, ...], config: Config) -> str:
+    envs_used = sorted({s.env for s in sessions})
+    return f"runner {__version__}; " + ", ".join(
+        f"{env} {config.envs[env].lock_hash[:12]}" for env in envs_used)
+
+
+def _check_determinism(first: list[SnippetResult], second: list[SnippetResult],
+                       options: RenderOptions) -> list[SnippetResult]:
+    """A snippet whose output differs between two runs of the same code fails, with the lines."""
+    checked = []
+    for a, b in zip(first, second, strict=True):
+        if a.status == b.status == "passed":
+            old = "".join(output_block(a.snippet, a.output, "\n", options))
+            new = "".join(output_block(b.snippet, b.output, "\n", options))
+            pictures = zip(_pngs(a.output), _pngs(b.output), strict=False)
+            if old != new or not all(same_picture(x, y) for x, y in pictures):
+                lines = [f"{x!r} then {y!r}" for x, y in zip(old.splitlines(), new.splitlines(),
+                                                                strict=False) if x != y]
+                diff = _diff(a.snippet.path, old, new)
+                message = ("output differs between two runs: "
+                           + (lines[0] if lines else "a figure changed"))
+                a = replace(a, status="failed",
+                            error=ErrorInfo("Nondeterministic", message, a.snippet.line, diff))
+        checked.append(a)
+    return checked
+
+
+def _pngs(output: Output) -> list[bytes]:
+    return [p.png for p in output.all_parts() if p.kind == "image"]
 
 
 def _diff(path: str, old: str, new: str) -> str:
@@ -234,6 +296,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",
                         help="run only the K-th of N slices of the posts")
+    parser.add_argument("--check-determinism", action="store_true",
+                        help="run every snippet twice; output that differs fails the snippet")
 
 
 def _positive_int(text: str) -> int:

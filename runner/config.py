@@ -25,6 +25,8 @@ class Config:
     envs: dict[str, EnvSpec]
     import_names: dict[str, str]  # import name -> distribution, beyond the built-in table
     timeout: float
+    patterns: tuple[tuple[re.Pattern[str], str], ...] = ()  # [[tool.runner.normalize]]
+    max_output_lines: int = 200
 
 
 def normalize_dist(name: str) -> str:
@@ -64,7 +66,12 @@ def load(start: Path) -> Config:
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
+    max_lines = table.get("max-output-lines", 200)
+    if not isinstance(max_lines, int) or max_lines < 1:
+        raise UsageError("[tool.runner] max-output-lines must be a positive integer", pyproject)
     return Config(
+        patterns=_patterns(table.get("normalize", []), pyproject),
+        max_output_lines=max_lines,
         root=root,
         posts=root / _str(table, "posts", "posts", pyproject),
         snippets=root / _str(table, "snippets", "snippets", pyproject),
@@ -72,6 +79,24 @@ def load(start: Path) -> Config:
         import_names={k: normalize_dist(v) for k, v in import_names.items()},
         timeout=float(timeout),
     )
+
+
+def _patterns(entries: Any, pyproject: Path) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """[[tool.runner.normalize]] pattern = "...", replace = "...": nbval's sanitizers."""
+    if not isinstance(entries, list):
+        raise UsageError("[[tool.runner.normalize]] must be an array of tables", pyproject)
+    patterns = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("pattern"), str)
+                and isinstance(entry.get("replace", ""), str)):
+            raise UsageError("each [[tool.runner.normalize]] needs pattern = \"regex\" and "
+                             "replace = \"text\"", pyproject)
+        try:
+            patterns.append((re.compile(entry["pattern"], re.MULTILINE), entry.get("replace", "")))
+        except re.error as exc:
+            raise UsageError(f"[[tool.runner.normalize]] pattern {entry['pattern']!r}: {exc}",
+                             pyproject) from exc
+    return tuple(patterns)
 
 
 def _env_spec(folder: Path, settings: Any, pyproject: Path) -> EnvSpec:

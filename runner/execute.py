@@ -9,6 +9,7 @@ results here. What comes out is always a result per snippet, never an exception.
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import re
@@ -25,10 +26,11 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
 from runner.envs import BuiltEnv
-from runner.model import ErrorInfo, Output, Session, Snippet, SnippetResult
+from runner.model import ErrorInfo, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CELL_FILE = re.compile(r" \([^()]*\.py, line \d+\)$")
 # Evaluated in the kernel after a cell failed: the traceback's frames, the SyntaxError's place,
 # and IPython's map from each cell's compiled file name to its execution count.
 _TRACE = (
@@ -126,26 +128,51 @@ async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
     if expected is not None and error.ename == expected:
         final = f"{error.ename}: {error.evalue}" if error.evalue else error.ename
         return SnippetResult(snippet, session.env, "passed",
-                             Output(output.stdout + final + "\n", output.stderr),
+                             Output(output.stdout + final + "\n", output.stderr,
+                                    (*output.parts, Part("text", final + "\n"))
+                                    if output.parts else ()),
                              duration_s=duration)
     line = await _error_line(client, session, cell)
     traceback = _ANSI.sub("", "\n".join(error.traceback))
-    return _failed(snippet, session.env, error.ename, error.evalue, line, duration, output,
+    message = _CELL_FILE.sub("", error.evalue)  # the cell's temp file means nothing to a reader
+    return _failed(snippet, session.env, error.ename, message, line, duration, output,
                    traceback)
 
 
 def collect_output(outputs: list[NotebookNode]) -> Output:
-    """stdout and the plain-text form of results and displays, in order; stderr apart."""
-    stdout: list[str] = []
+    """Text, tables and figures in the order they came; stderr apart."""
+    parts: list[Part] = []
     stderr: list[str] = []
     for output in outputs:
-        if output.output_type == "stream":
-            (stderr if output.name == "stderr" else stdout).append(output.text)
+        if output.output_type == "stream" and output.name == "stderr":
+            stderr.append(output.text)
+        elif output.output_type == "stream":
+            parts.append(Part("text", output.text))
         elif output.output_type in ("execute_result", "display_data"):
-            text = output.get("data", {}).get("text/plain")
-            if text is not None:
-                stdout.append((text if isinstance(text, str) else "".join(text)) + "\n")
-    return Output("".join(stdout), "".join(stderr))
+            parts += _display_part(output.get("data", {}))
+    merged: list[Part] = []
+    for part in parts:  # neighbouring text is one part
+        if merged and part.kind == "text" == merged[-1].kind:
+            merged[-1] = Part("text", merged[-1].text + part.text)
+        else:
+            merged.append(part)
+    stdout = "".join(p.text if p.kind == "text" else p.text + "\n" for p in merged)
+    rich = any(p.kind != "text" for p in merged)
+    return Output(stdout, "".join(stderr), tuple(merged) if rich else ())
+
+
+def _display_part(data: dict[str, Any]) -> list[Part]:
+    text = _joined(data.get("text/plain", ""))
+    if "image/png" in data:
+        return [Part("image", text, png=base64.b64decode(_joined(data["image/png"])))]
+    html = _joined(data.get("text/html", ""))
+    if 'class="dataframe"' in html:
+        return [Part("table", text, html=html)]
+    return [Part("text", text + "\n")] if text else []
+
+
+def _joined(value: str | list[str]) -> str:
+    return value if isinstance(value, str) else "".join(value)
 
 
 async def _error_line(client: NotebookClient, session: Session, cell: NotebookNode) -> int | None:

@@ -23,12 +23,14 @@ PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
 MARKER_PREFIX = "runner:"
 OUTPUT_MARKERS = {"runner:output": "stdout", "runner:stderr": "stderr"}
 OUTPUT_LABEL = "*Verified output:*"
+OUTPUT_END = "[//]: # (end of verified output)"  # a link definition: invisible everywhere
 HIDDEN_OPEN = "<!-- runner:hidden"
 HIDDEN_CLOSE = "-->"
 MDX_HIDDEN_OPEN = "{/* runner:hidden"  # MDX has no HTML comments: a JSX comment instead
 MDX_HIDDEN_CLOSE = "*/}"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # markdown-it's line breaks
-_MD = MarkdownIt("commonmark")
+_MD = MarkdownIt("commonmark").enable("table")  # GFM tables: verified DataFrames are tables
+_IMAGES = re.compile(r"(!\[[^\]]*\]\([^)\s]+\)\s*)+")
 
 
 def split_lines(text: str) -> list[str]:
@@ -43,8 +45,8 @@ def parse(path: str, text: str) -> Post:
     if source and source[0].startswith("\ufeff"):
         source[0] = source[0][1:]
     tokens = _MD.parse("".join(source))
-    outputs = {t.map[0]: t for t in tokens if t.type == "fence" and t.map and _is_output(t.info)}
-    snippets = [_snippet(path, lines, found, outputs) for found in _fences(path, lines, tokens)]
+    parts = _output_parts(tokens)
+    snippets = [_snippet(path, lines, found, parts) for found in _fences(path, lines, tokens)]
     default_env = _default_env(path, front_matter)
     return Post(path=path, text=text, snippets=tuple(snippets), front_matter=front_matter,
                 default_env=default_env)
@@ -108,7 +110,7 @@ def _one_per_hidden_block(path: str, fences: list[Token], offset: int) -> None:
                         "hidden block for this one", path, offset + fences[1].map[0] + 1)
 
 
-def _snippet(path: str, lines: list[str], found: _Found, outputs: dict[int, Token]) -> Snippet:
+def _snippet(path: str, lines: list[str], found: _Found, parts: dict[int, int]) -> Snippet:
     token = found.token
     assert token.map is not None
     line = found.offset + token.map[0] + 1
@@ -121,23 +123,37 @@ def _snippet(path: str, lines: list[str], found: _Found, outputs: dict[int, Toke
         hidden=found.hidden,
         anchor=found.anchor,
         prefix=prefix,
-        output=_output_region(lines, found.anchor, outputs),
+        output=_output_region(lines, found.anchor, parts),
     )
 
 
-def _output_region(lines: list[str], anchor: int, outputs: dict[int, Token]) -> Region | None:
-    """The runner-owned block right after a snippet: a blank line, the label, a blank line, then
-    one or two output fences (`runner:output`, then `runner:stderr`), each after a blank line."""
-    shape = [_content(lines, anchor + i) for i in range(3)]
-    if shape != ["", OUTPUT_LABEL, ""] or anchor + 3 not in outputs:
+def _output_region(lines: list[str], anchor: int, parts: dict[int, int]) -> Region | None:
+    """The runner-owned block right after a snippet: a blank line and the label, then parts
+    (output fences, tables, figure links), each after a blank line, then a blank line and the
+    end line. Anything else there means the block is not the runner's."""
+    if [_content(lines, anchor), _content(lines, anchor + 1)] != ["", OUTPUT_LABEL]:
         return None
-    fence = outputs[anchor + 3]
-    assert fence.map is not None
-    end = fence.map[1]
-    following = outputs.get(end + 1)
-    if _content(lines, end) == "" and following is not None and following.map:
-        end = following.map[1]
-    return Region(anchor, end)
+    index = anchor + 2
+    while _content(lines, index) == "":
+        if _content(lines, index + 1) == OUTPUT_END:
+            return Region(anchor, index + 2)
+        if index + 1 not in parts:
+            return None
+        index = parts[index + 1]
+    return None
+
+
+def _output_parts(tokens: list[Token]) -> dict[int, int]:
+    """Start line -> end line of each block that can be part of an output block."""
+    parts: dict[int, int] = {}
+    for index, token in enumerate(tokens):
+        if not token.map:
+            continue
+        output_fence = token.type == "fence" and _is_output(token.info)
+        images = token.type == "paragraph_open" and _IMAGES.fullmatch(tokens[index + 1].content)
+        if output_fence or images or token.type == "table_open":
+            parts[token.map[0]] = token.map[1]
+    return parts
 
 
 def _content(lines: list[str], index: int) -> str | None:

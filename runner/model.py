@@ -96,11 +96,30 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One piece of a snippet's output, in the order the kernel sent it."""
+
+    kind: Literal["text", "table", "image"]
+    text: str = ""  # the plain-text form (every kind has one)
+    html: str = ""  # a table's HTML (a pandas DataFrame)
+    png: bytes = b""  # an image's PNG bytes (a matplotlib figure)
+
+
+@dataclass(frozen=True)
 class Output:
-    """What a snippet printed: stdout and plain-text results in order, and stderr apart."""
+    """What a snippet printed: stdout and plain-text results in order, and stderr apart.
+
+    `parts` keeps tables and figures in order among the text; without them, `stdout` is
+    the one part."""
 
     stdout: str = ""
     stderr: str = ""
+    parts: tuple[Part, ...] = ()
+
+    def all_parts(self) -> tuple[Part, ...]:
+        if self.parts:
+            return self.parts
+        return (Part("text", self.stdout),) if self.stdout else ()
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,18 @@ def replace(path: Path, old: str, new: str) -> None:
     """Write `new` over the post in one rename, unless the post changed since it was read."""
     if read(path) != old:
         raise PostError("changed on disk while the runner ran: not written", path)
-    mode = path.stat().st_mode & 0o7777
+    write_atomic(path, new.encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: a crash leaves the old file or the new one,
+    never part of either. An existing file keeps its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(new.encode("utf-8"))
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, mode)
@@ -55,3 +62,10 @@ def replace(path: Path, old: str, new: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

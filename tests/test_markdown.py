@@ -159,18 +159,27 @@ def test_existing_output_regions() -> None:
     post = fixture_post("existing_output.md")
     lines = split_lines(post.text)
     regions = [s.output for s in post.snippets]
-    assert [s.line for s in post.snippets] == [3, 13, 29, 41]
-    assert regions == [Region(5, 11), Region(17, 27), None, Region(43, 49)]
+    assert [s.line for s in post.snippets] == [3, 15, 33, 45]
+    assert regions == [Region(5, 13), Region(19, 31), None, Region(47, 55)]
     # the regions start right after the closing fence and take in the whole block
-    assert "".join(lines[5:11]) == "\n*Verified output:*\n\n```text runner:output\nout\n```\n"
-    assert "".join(lines[17:27]) == (
+    end = "\n[//]: # (end of verified output)\n"
+    assert "".join(lines[5:13]) == "\n*Verified output:*\n\n```text runner:output\nout\n```\n" + end
+    assert "".join(lines[19:31]) == (
         "\n*Verified output:*\n\n```text runner:output\nout\n```\n"
-        "\n```text runner:stderr\nerr\n```\n"
+        "\n```text runner:stderr\nerr\n```\n" + end
     )
-    assert "".join(lines[43:49]) == (
+    assert "".join(lines[47:55]) == (
         "\n  *Verified output:*\n\n  ```text runner:output\n  listed\n  ```\n"
+        "\n  [//]: # (end of verified output)\n"
     )
     assert all(s.anchor == s.output.start for s in post.snippets if s.output)
+
+
+def test_a_block_without_its_end_line_is_not_the_runners() -> None:
+    text = "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nout\n```\n"
+    assert parse("p.md", text).snippets[0].output is None
+    tail = "\n| a |\n|---|\n| 1 |\n\nAn author's paragraph.\n"
+    assert parse("p.md", text + tail).snippets[0].output is None
 
 
 # --- CRLF and BOM --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from runner.errors import PostError
+from runner.markdown import OUTPUT_END as END
 from runner.markdown import parse, split_lines
 from runner.model import Output, Post, Region
 from runner.writeback import normalize, output_block, render
@@ -32,10 +33,10 @@ CASES: dict[str, dict[int, Output]] = {
         23: Output("tilde\n"),
         32: Output("hidden\n"),
     },
-    "replace": {  # existing blocks: replaced, shrunk to stdout only, removed; 38 untouched
+    "replace": {  # existing blocks: replaced, shrunk to stdout only, removed; 42 untouched
         3: Output("new\n"),
-        13: Output("out\n"),
-        28: Output(),
+        15: Output("out\n"),
+        32: Output(),
     },
     "list_item": {
         5: Output("one\n\ntwo\n"),
@@ -178,14 +179,16 @@ def test_empty_outputs_give_back_the_original(case: str, ending: str) -> None:
 
 
 def test_removing_the_last_block_keeps_a_missing_final_newline() -> None:
-    with_block = "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nx\n```"
+    with_block = ("```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nx\n```"
+                  "\n\n[//]: # (end of verified output)")
     post = parse("p.md", with_block)
-    assert post.snippets[0].output == Region(3, 9)
+    assert post.snippets[0].output == Region(3, 11)
     assert render(post, {1: Output()}) == "```python\nx\n```"
 
 
 def test_last_block_without_final_newline_is_replaced_in_place() -> None:
-    with_block = "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nold\n```"
+    with_block = ("```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nold\n```"
+                  "\n\n[//]: # (end of verified output)")
     post = parse("p.md", with_block)
     assert render(post, {1: Output("new")}) == with_block.replace("old", "new")
 
@@ -240,28 +243,32 @@ def test_stdout_and_stderr_go_to_separate_fences() -> None:
         "\n", "*Verified output:*\n",
         "\n", "```text runner:output\n", "out 1\n", "out 2\n", "```\n",
         "\n", "```text runner:stderr\n", "err\n", "```\n",
+        "\n", END + "\n",
     ]
     assert output_block(snippet, Output("", "err\n")) == [
         "\n", "*Verified output:*\n", "\n", "```text runner:stderr\n", "err\n", "```\n",
+        "\n", END + "\n",
     ]
     assert output_block(snippet, Output("only out")) == [
         "\n", "*Verified output:*\n", "\n", "```text runner:output\n", "only out\n", "```\n",
+        "\n", END + "\n",
     ]
     assert output_block(snippet, Output(" \n", "\n")) == []
     assert output_block(snippet, Output("out", "err"), "\r\n") == [
         "\r\n", "*Verified output:*\r\n",
         "\r\n", "```text runner:output\r\n", "out\r\n", "```\r\n",
         "\r\n", "```text runner:stderr\r\n", "err\r\n", "```\r\n",
+        "\r\n", END + "\r\n",
     ]
 
 
 def test_stderr_only_block_is_found_again() -> None:
     post = parse("p.md", "```python\nx\n```\n\nafter\n")
     rendered = parse("p.md", render(post, {1: Output("", "warning\n")}))
-    assert rendered.snippets[0].output == Region(3, 9)
+    assert rendered.snippets[0].output == Region(3, 11)
     assert render(rendered, {1: Output("now out\n")}) == (
         "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nnow out\n```\n"
-        "\nafter\n"
+        f"\n{END}\n\nafter\n"
     )
 
 
@@ -281,6 +288,7 @@ def test_render_writes_normalized_output() -> None:
     post = parse("p.md", "```python\nx\n```\n")
     assert render(post, {1: Output("\x1b[31mred\x1b[0m   \r\nline 2  \n\n\n")}) == (
         "```python\nx\n```\n\n*Verified output:*\n\n```text runner:output\nred\nline 2\n```\n"
+        f"\n{END}\n"
     )
 
 
