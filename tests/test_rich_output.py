@@ -1,0 +1,201 @@
+"""Figures, tables, long output, the stamp, determinism and normalisation: through the CLI on
+real kernels, and the pure helpers on their own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner import posts
+from runner.images import same_picture
+from runner.writeback import markdown_table
+from tests.conftest import FIXTURES, ROOT
+
+
+def runner(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def png(size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (255, 255, 255),
+        dots: int = 0, level: int = 6) -> bytes:
+    image = Image.new("RGB", size, color)
+    for x in range(dots):
+        image.putpixel((x % size[0], x // size[0]), (0, 0, 0))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=level)
+    return out.getvalue()
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def test_same_picture_compares_pixels_not_bytes() -> None:
+    white = png()
+    assert png(level=1) != white and same_picture(white, png(level=1))  # other bytes, same image
+    assert same_picture(white, png(dots=5))  # 5 of 1200 pixels: within the 0.5 % tolerance
+    assert not same_picture(white, png(dots=12))
+    assert not same_picture(white, png(size=(40, 31)))
+    assert not same_picture(white, png(color=(0, 0, 0)))
+    assert not same_picture(white, b"not a png")
+
+
+DATAFRAME = """<div><style scoped>.dataframe tbody tr th { vertical-align: top; }</style>
+<table border="1" class="dataframe">
+  <thead>
+    <tr style="text-align: right;"><th></th><th>score</th><th>name</th></tr>
+    <tr><th>id</th><th></th><th></th></tr>
+  </thead>
+  <tbody>
+    <tr><th>7</th><td>0.5</td><td>a|b</td></tr>
+    <tr><th>9</th><td>1.0</td><td>c</td></tr>
+  </tbody>
+</table></div>"""
+
+
+def test_dataframe_html_becomes_a_markdown_table() -> None:
+    assert markdown_table(DATAFRAME) == [
+        "| id | score | name |",
+        "| --- | --- | --- |",
+        "| 7 | 0.5 | a\\|b |",
+        "| 9 | 1.0 | c |",
+    ]
+
+
+def test_spanning_cells_fall_back_to_text() -> None:
+    spanning = DATAFRAME.replace("<th>score</th>", '<th colspan="2">score</th>')
+    assert markdown_table(spanning) == []
+
+
+def test_atomic_write_crash_leaves_the_old_file(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between writing and renaming cannot be caused for real in a test: os.replace is
+    made to fail (a fake fault). The old post must stay whole and no temp file remain."""
+    post = tmp_path / "p.md"
+    post.write_bytes(b"old\r\n")
+    post.chmod(0o640)
+
+    def crash(*args: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        posts.write_atomic(post, b"new\r\n")
+    assert post.read_bytes() == b"old\r\n" and os.listdir(tmp_path) == ["p.md"]
+    monkeypatch.undo()
+    posts.write_atomic(post, b"new\r\n")
+    assert post.read_bytes() == b"new\r\n" and post.stat().st_mode & 0o777 == 0o640
+
+
+# --- through the CLI, real kernels -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("rich")
+    post = folder / "rich.md"
+    shutil.copy(FIXTURES / "posts" / "rich.md", post)
+    done = runner("update", post)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return post
+
+
+@pytest.mark.kernel
+def test_figure_is_saved_beside_the_post_and_linked(rich: Path) -> None:
+    figure = rich.parent / "rich" / "snippet-1-figure-1.png"
+    width, height = Image.open(figure).size  # the inline backend crops to the drawing
+    assert Image.open(figure).format == "PNG" and width > 300 and height > 200
+    assert "![Figure size 640x480 with 1 Axes](rich/snippet-1-figure-1.png)" in rich.read_text()
+
+
+@pytest.mark.kernel
+def test_dataframe_is_a_table_after_the_text_printed_before_it(rich: Path) -> None:
+    text = rich.read_text()
+    assert "```text runner:output\nbefore\n```\n\n|  | a | b\\|c |\n| --- | --- | --- |\n" in text
+    assert "| 1 | 2 | y |" in text
+
+
+@pytest.mark.kernel
+def test_long_output_is_cut_with_a_marker(rich: Path) -> None:
+    text = rich.read_text()
+    assert "\n199\n... [50 more lines cut by the runner]\n```" in text
+    assert "\n200\n" not in text
+
+
+@pytest.mark.kernel
+def test_rerun_is_byte_identical_and_stamped(rich: Path) -> None:
+    figure = rich.parent / "rich" / "snippet-1-figure-1.png"
+    before, picture = rich.read_bytes(), figure.read_bytes()
+    assert b'\nverified_by: "runner ' in before and b" sklearn " in before
+    assert runner("update", rich).returncode == 0
+    assert rich.read_bytes() == before and figure.read_bytes() == picture
+    assert runner("verify", rich).returncode == 0
+
+
+@pytest.mark.kernel
+def test_changed_figure_makes_the_post_stale(rich: Path) -> None:
+    figure = rich.parent / "rich" / "snippet-1-figure-1.png"
+    original = figure.read_bytes()
+    try:
+        Image.open(io.BytesIO(original)).save(figure, "PNG", compress_level=0)  # same pixels
+        assert figure.read_bytes() != original
+        assert runner("verify", rich).returncode == 0
+        figure.write_bytes(png(size=Image.open(io.BytesIO(original)).size, color=(0, 0, 0)))
+        changed = figure.read_bytes()
+        stale = runner("verify", rich)
+        assert stale.returncode == 1 and f"figure {figure}: missing or changed" in stale.stdout
+        assert figure.read_bytes() == changed  # verify writes nothing
+        figure.unlink()
+        assert runner("verify", rich).returncode == 1
+    finally:
+        figure.write_bytes(original)
+
+
+@pytest.mark.kernel
+def test_edited_stamp_is_stale_and_update_restores_it(rich: Path) -> None:
+    original = rich.read_text()
+    rich.write_text(original.replace('verified_by: "runner', 'verified_by: "hand'))
+    assert runner("verify", rich).returncode == 1
+    assert runner("update", rich).returncode == 0
+    assert rich.read_text() == original
+
+
+@pytest.mark.kernel
+def test_check_determinism_fails_output_that_changes(tmp_path: Path) -> None:
+    post = tmp_path / "random.md"
+    post.write_text("```python runner:env=sklearn\nprint('same')\n```\n\n"
+                    "```python\nimport random\nprint(random.random())\n```\n")
+    done = runner("verify", post, "--check-determinism", "--report", tmp_path / "r.json")
+    assert done.returncode == 1
+    first, second = json.loads((tmp_path / "r.json").read_text())["snippets"]
+    assert first["status"] == "passed"
+    assert second["status"] == "failed" and second["error"]["type"] == "Nondeterministic"
+    assert "output differs between two runs" in second["error"]["message"]
+
+
+@pytest.mark.kernel
+def test_project_normalize_patterns(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.runner]\nenvs = "{ROOT / "envs"}"\n'
+        '[[tool.runner.normalize]]\npattern = "\\\\d{4}-\\\\d{2}-\\\\d{2}"\nreplace = "DATE"\n')
+    post = tmp_path / "today.md"
+    post.write_text("```python runner:env=sklearn\nimport datetime\n"
+                    "print('today is', datetime.date.today())\n```\n")
+    assert runner("update", post, cwd=tmp_path).returncode == 0
+    assert "today is DATE\n" in post.read_text()
+    assert runner("verify", post, cwd=tmp_path).returncode == 0
+
+
+def test_bad_normalize_pattern_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.runner]\n[[tool.runner.normalize]]\npattern = "(unclosed"\n')
+    done = runner("verify", cwd=tmp_path)
+    assert done.returncode == 2 and "(unclosed" in done.stderr
