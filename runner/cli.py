@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runner import __version__, envs, markdown, notebooks, plan, posts, report
+from runner import __version__, cache, envs, markdown, notebooks, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.execute import run_session
@@ -64,22 +64,36 @@ class _Work:
     results: list[SnippetResult] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A session to run, the post it belongs to, and its cache key."""
+
+    item: _Work
+    session: Session
+    key: str
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
     started = time.monotonic()
     work = [_Work(path) for path in _shard(_post_paths(args, config), args.shard)]
     for item in work:
         _parse_and_plan(item, config)
-    built = _build_envs({s.env for item in work for s in item.sessions}, config)
     timeout = args.timeout or config.timeout
-    asyncio.run(_execute(work, built, args.jobs, timeout))
+    read_cache = not (args.no_cache or args.check_determinism)
+    jobs = _cache_lookup(work, config, timeout, read_cache)
+    built = _build_envs({job.session.env for job in jobs}, config)
+    store = None if args.check_determinism else config.cache_dir
+    asyncio.run(_execute(jobs, built, args.jobs, timeout, store))
     options = RenderOptions(config.patterns, config.max_output_lines)
     if args.check_determinism:
         first = {id(item): item.results for item in work}
         for item in work:
             item.results = []
-        asyncio.run(_execute(work, built, args.jobs, timeout))
+        asyncio.run(_execute(jobs, built, args.jobs, timeout, None))
         for item in work:
             item.results = _check_determinism(first[id(item)], item.results, options)
+    for item in work:
+        item.results.sort(key=lambda r: r.snippet.line)
     outcomes = tuple(_finish(item, args.command == "update", options, config) for item in work)
     run = Run(outcomes, tuple(r for item in work for r in item.results),
               time.monotonic() - started)
@@ -89,6 +103,21 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.junit_xml:
         report.write_junit(run.snippets, Path(args.junit_xml))
     return exit_code(run)
+
+
+def _cache_lookup(work: list[_Work], config: Config, timeout: float,
+                  read: bool) -> list[_Job]:
+    """Results of cached sessions go straight to their post; the rest are jobs to run."""
+    jobs = []
+    for item in work:
+        for session in item.sessions:
+            key = cache.session_key(session, config.envs[session.env], timeout)
+            hit = cache.load(config.cache_dir, key, session, _say) if read else None
+            if hit is None:
+                jobs.append(_Job(item, session, key))
+            else:
+                item.results += hit
+    return jobs
 
 
 def exit_code(run: Run) -> int:
@@ -126,22 +155,24 @@ def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | En
     return built
 
 
-async def _execute(work: list[_Work], built: dict[str, envs.BuiltEnv | EnvError],
-                   jobs: int, timeout: float) -> None:
-    limit = asyncio.Semaphore(jobs)
+async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
+                   parallel: int, timeout: float, store: Path | None) -> None:
+    limit = asyncio.Semaphore(parallel)
 
-    async def one(item: _Work, session: Session) -> None:
-        env = built[session.env]
+    async def one(job: _Job) -> None:
+        session, env = job.session, built[job.session.env]
         if isinstance(env, EnvError):
-            item.results += [SnippetResult(s, session.env, "failed",
-                                           error=_env_error(env, s.line)) for s in session.snippets]
+            job.item.results += [SnippetResult(s, session.env, "failed",
+                                               error=_env_error(env, s.line))
+                                 for s in session.snippets]
             return
         async with limit:
-            item.results += await run_session(session, env, timeout)
+            results = await run_session(session, env, timeout)
+        job.item.results += results
+        if store is not None:
+            cache.store(store, job.key, results)
 
-    await asyncio.gather(*(one(item, s) for item in work for s in item.sessions))
-    for item in work:
-        item.results.sort(key=lambda r: r.snippet.line)
+    await asyncio.gather(*(one(job) for job in jobs))
 
 
 def _env_error(error: EnvError, line: int) -> ErrorInfo:
@@ -291,7 +322,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive_float, default=None,
                         help="seconds per snippet (default: [tool.runner] timeout, else 300)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="ignore the execution cache (there is none yet: every run executes)")
+                        help="run every session; do not read the execution cache")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",

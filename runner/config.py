@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import tomllib
@@ -14,6 +15,7 @@ from runner.errors import UsageError
 from runner.model import EnvSpec
 
 DEFAULT_TIMEOUT = 300.0
+CACHE_VARIABLE = "RUNNER_EXECUTION_CACHE"  # overrides [tool.runner] cache-dir (for CI caches)
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
 
 
@@ -27,6 +29,7 @@ class Config:
     timeout: float
     patterns: tuple[tuple[re.Pattern[str], str], ...] = ()  # [[tool.runner.normalize]]
     max_output_lines: int = 200
+    cache_dir: Path = Path(".runner-cache")  # the execution cache
 
 
 def normalize_dist(name: str) -> str:
@@ -72,6 +75,8 @@ def load(start: Path) -> Config:
     return Config(
         patterns=_patterns(table.get("normalize", []), pyproject),
         max_output_lines=max_lines,
+        cache_dir=Path(os.environ.get(CACHE_VARIABLE)
+                       or root / _str(table, "cache-dir", ".runner-cache", pyproject)),
         root=root,
         posts=root / _str(table, "posts", "posts", pyproject),
         snippets=root / _str(table, "snippets", "snippets", pyproject),

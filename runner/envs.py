@@ -64,6 +64,15 @@ def build(spec: EnvSpec, say: Callable[[str], None] = print) -> BuiltEnv:
     built = BuiltEnv(spec, env_path(spec))
     if is_built(spec):
         return built
+    try:
+        return _build(built, say)
+    except OSError as exc:
+        raise EnvError(f"environment '{spec.name}' cannot be built in {built.prefix}: "
+                       f"{exc.strerror or exc}", spec.folder) from exc
+
+
+def _build(built: BuiltEnv, say: Callable[[str], None]) -> BuiltEnv:
+    spec = built.spec
     built.prefix.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(built.prefix) + ".lock"):
         if is_built(spec):  # another run built it while we waited

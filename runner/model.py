@@ -131,3 +131,4 @@ class SnippetResult:
     error: ErrorInfo | None = None
     reason: str | None = None  # why it was skipped
     duration_s: float = 0.0
+    cached: bool = False  # taken from the execution cache, not run

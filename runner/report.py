@@ -34,7 +34,8 @@ class Run:
         count = [r.status for r in self.snippets].count
         return {"passed": count("passed"), "failed": count("failed"),
                 "skipped": count("skipped"),
-                "stale": [p.status for p in self.posts].count("stale"), "cached": 0}
+                "stale": [p.status for p in self.posts].count("stale"),
+                "cached": sum(r.cached for r in self.snippets)}
 
 
 def snippet_line(result: SnippetResult) -> str | None:
@@ -86,7 +87,7 @@ def _snippet_json(result: SnippetResult) -> dict[str, Any]:
     error = result.error
     return {
         "post": result.snippet.path, "line": result.snippet.line, "env": result.env,
-        "status": result.status, "cached": False, "duration_s": round(result.duration_s, 3),
+        "status": result.status, "cached": result.cached, "duration_s": round(result.duration_s, 3),
         "error": None if error is None else {"type": error.type, "message": error.message,
                                              "post_line": error.post_line},
         "reason": result.reason,

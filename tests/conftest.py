@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,25 @@ from runner.model import EnvSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def execution_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every run in the tests (and the CLIs they start) caches results in a private folder."""
+    folder = tmp_path_factory.mktemp("execution-cache")
+    before = os.environ.get("RUNNER_EXECUTION_CACHE")
+    os.environ["RUNNER_EXECUTION_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["RUNNER_EXECUTION_CACHE"]
+    else:
+        os.environ["RUNNER_EXECUTION_CACHE"] = before
+
+
+def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m runner ARGS` as a user types it, in `cwd` (the project by default)."""
+    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="session")

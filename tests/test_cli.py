@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, run_cli
 
 pytestmark = pytest.mark.kernel
 PUBLISHED = FIXTURES / "posts" / "published" / "my-machine-learning-journey.md"
 POST = ROOT / "posts" / "2024-01-08-my-machine-learning-journey.md"
 
 
-def runner(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+runner = run_cli
 
 
 def report(path: Path) -> dict:  # type: ignore[type-arg]
@@ -30,7 +26,7 @@ def report(path: Path) -> dict:  # type: ignore[type-arg]
 
 @pytest.mark.slow
 def test_post_as_published_fails_at_the_missing_model_file(tmp_path: Path) -> None:
-    done = runner("verify", PUBLISHED, "--report", tmp_path / "r.json")
+    done = runner("verify", PUBLISHED, "--no-cache", "--report", tmp_path / "r.json")
     assert done.returncode == 1, done.stdout + done.stderr
     data = report(tmp_path / "r.json")
     failed = [s for s in data["snippets"] if s["status"] == "failed"]
@@ -45,7 +41,7 @@ def test_post_as_published_fails_at_the_missing_model_file(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_the_users_post_verifies_in_three_envs_with_a_real_server(tmp_path: Path) -> None:
-    done = runner("verify", POST.relative_to(ROOT), "--report", tmp_path / "r.json",
+    done = runner("verify", POST.relative_to(ROOT), "--no-cache", "--report", tmp_path / "r.json",
                   "--junit-xml", tmp_path / "j.xml")
     assert done.returncode == 0, done.stdout + done.stderr
     data = report(tmp_path / "r.json")

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from runner.markdown import parse
 from runner.model import Markers, Post
 from runner.notebooks import cell_source, is_doctest
 from runner.writeback import normalize
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, run_cli
 
 REALWORLD = FIXTURES / "realworld"
 # The posts that pass: one run of the CLI takes them all (sessions run side by side).
@@ -69,9 +68,7 @@ def moved_to_text_block(text: str) -> str:
     return text.replace(wrong, PASTED_CODE + "```\n\n```text\n" + PASTED_LINE + "```\n")
 
 
-def runner(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+runner = run_cli
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +15,9 @@ from PIL import Image
 from runner import posts
 from runner.images import same_picture
 from runner.writeback import markdown_table
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, run_cli
 
-
-def runner(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+runner = run_cli
 
 
 def png(size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (255, 255, 255),

@@ -1,0 +1,98 @@
+"""The execution cache: keys, corrupt entries, and hits that start nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from runner import cache
+from runner.markdown import parse
+from runner.model import Output, SnippetResult
+from runner.plan import plan
+from tests.conftest import run_cli, spec
+
+ENV = spec("sklearn", "numpy")
+POST = "```python\nimport numpy\nprint(1)\n```\n\n```python\nprint(2)\n```\n"
+
+
+def session(text: str = POST):  # type: ignore[no-untyped-def]
+    return plan(parse("p.md", text), {"sklearn": ENV})[0]
+
+
+def test_key_follows_code_lock_timeout_and_kernel_env_not_line_numbers() -> None:
+    key = cache.session_key(session(), ENV, 60)
+    assert cache.session_key(session("Prose above.\n\n" + POST), ENV, 60) == key
+    assert cache.session_key(session(POST.replace("print(2)", "print(3)")), ENV, 60) != key
+    assert cache.session_key(session(), replace(ENV, lock_hash="1" * 64), 60) != key
+    assert cache.session_key(session(), ENV, 61) != key
+    assert cache.session_key(session(), replace(ENV, kernel_env=(("A", "1"),)), 60) != key
+    marked = POST.replace("```python\nprint(2)", "```python runner:timeout=5\nprint(2)")
+    assert cache.session_key(session(marked), ENV, 60) != key
+
+
+def test_store_and_load_round_trip(tmp_path: Path) -> None:
+    s = session()
+    results = [SnippetResult(x, "sklearn", "passed", Output(f"{n}\n"), duration_s=0.5)
+               for n, x in enumerate(s.snippets)]
+    cache.store(tmp_path, "ab" + "0" * 62, results)
+    loaded = cache.load(tmp_path, "ab" + "0" * 62, s, warn=pytest.fail)
+    assert loaded is not None
+    assert [r.output for r in loaded] == [r.output for r in results]
+    assert all(r.cached for r in loaded)
+
+
+def test_failed_session_is_not_stored(tmp_path: Path) -> None:
+    s = session()
+    results = [SnippetResult(s.snippets[0], "sklearn", "passed"),
+               SnippetResult(s.snippets[1], "sklearn", "failed")]
+    cache.store(tmp_path, "cd" + "0" * 62, results)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_corrupt_entry_is_discarded_with_a_warning(tmp_path: Path) -> None:
+    key = "ef" + "0" * 62
+    entry = tmp_path / "ef" / f"{key}.json"
+    entry.parent.mkdir()
+    entry.write_text('{"key": "ef00", "snipp')
+    warnings: list[str] = []
+    assert cache.load(tmp_path, key, session(), warn=warnings.append) is None
+    assert len(warnings) == 1 and "corrupt cache entry" in warnings[0]
+    assert not entry.exists()
+
+
+@pytest.mark.kernel
+def test_hit_builds_no_env_and_starts_no_kernel(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    post = tmp_path / "p.md"
+    post.write_text("```python runner:env=sklearn\nprint('hello')\n```\n")
+    assert run_cli("update", post).returncode == 0
+    # No env can be built or found here: a run that needed a kernel would fail.
+    monkeypatch.setenv("RUNNER_CACHE_DIR", "/dev/null/no-envs-here")
+    hit = run_cli("verify", post, "--report", tmp_path / "r.json")
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["cached"] == 1
+    missed = run_cli("verify", post, "--no-cache")
+    assert missed.returncode == 1 and "EnvError" in missed.stdout
+    post.write_text(post.read_text().replace("hello", "changed"))  # a changed snippet misses
+    assert "EnvError" in run_cli("verify", post).stdout
+
+
+@pytest.mark.kernel
+def test_two_jobs_give_the_same_report_as_one(tmp_path: Path) -> None:
+    for n in range(3):
+        (tmp_path / f"post-{n}.md").write_text(
+            f"```python runner:env=sklearn\nprint({n})\n```\n\n```python\nprint({n} * 2)\n```\n")
+    reports = []
+    for jobs in ("1", "2"):
+        done = run_cli("verify", tmp_path, "--no-cache", "--jobs", jobs,
+                       "--report", tmp_path / f"r{jobs}.json")
+        assert done.returncode == 1  # stale: no output recorded yet
+        data = json.loads((tmp_path / f"r{jobs}.json").read_text())
+        for snippet in data["snippets"]:
+            snippet.pop("duration_s")
+        reports.append(data)
+    assert reports[0] == reports[1]
+    assert len(reports[0]["snippets"]) == 6
