@@ -18,10 +18,11 @@ from pathlib import Path
 from runner import __version__, cache, envs, markdown, notebooks, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
-from runner.execute import run_session
+from runner.execute import kernel_env, run_session
 from runner.images import same_picture
 from runner.model import ErrorInfo, Output, Post, Session, SnippetResult
 from runner.report import PostOutcome, Run
+from runner.warm import ForkServers
 from runner.writeback import (
     FIGURE_GLOB,
     RenderOptions,
@@ -83,13 +84,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     jobs = _cache_lookup(work, config, timeout, read_cache)
     built = _build_envs({job.session.env for job in jobs}, config)
     store = None if args.check_determinism else config.cache_dir
-    asyncio.run(_execute(jobs, built, args.jobs, timeout, store))
+    asyncio.run(_execute(jobs, built, args.jobs, timeout, store, not args.no_warm))
     options = RenderOptions(config.patterns, config.max_output_lines)
     if args.check_determinism:
         first = {id(item): item.results for item in work}
         for item in work:
             item.results = []
-        asyncio.run(_execute(jobs, built, args.jobs, timeout, None))
+        asyncio.run(_execute(jobs, built, args.jobs, timeout, None, not args.no_warm))
         for item in work:
             item.results = _check_determinism(first[id(item)], item.results, options)
     for item in work:
@@ -156,8 +157,12 @@ def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | En
 
 
 async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
-                   parallel: int, timeout: float, store: Path | None) -> None:
+                   parallel: int, timeout: float, store: Path | None, warm: bool) -> None:
     limit = asyncio.Semaphore(parallel)
+    servers = ForkServers() if warm else None
+    for env in built.values():
+        if servers is not None and isinstance(env, envs.BuiltEnv):
+            servers.start(env, kernel_env(env))
 
     async def one(job: _Job) -> None:
         session, env = job.session, built[job.session.env]
@@ -167,12 +172,20 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
                                  for s in session.snippets]
             return
         async with limit:
-            results = await run_session(session, env, timeout)
+            kernels = None
+            if servers is not None:
+                await servers.ready(session.env)
+                kernels = servers.kernels_dir(session.env)
+            results = await run_session(session, env, timeout, kernels)
         job.item.results += results
         if store is not None:
             cache.store(store, job.key, results)
 
-    await asyncio.gather(*(one(job) for job in jobs))
+    try:
+        await asyncio.gather(*(one(job) for job in jobs))
+    finally:
+        if servers is not None:
+            servers.close()
 
 
 def _env_error(error: EnvError, line: int) -> ErrorInfo:
@@ -327,6 +340,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",
                         help="run only the K-th of N slices of the posts")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="start every kernel from scratch instead of forking a warm one")
     parser.add_argument("--check-determinism", action="store_true",
                         help="run every snippet twice; output that differs fails the snippet")
 

@@ -124,7 +124,16 @@ def _env_spec(folder: Path, settings: Any, pyproject: Path) -> EnvSpec:
         lock_hash=digest,
         distributions=frozenset(normalize_dist(m) for m in _PIN.findall(data.decode())),
         kernel_env=tuple(sorted(kernel_env.items())),
+        preload=_preload(settings, folder.name, pyproject),
     )
+
+
+def _preload(settings: dict[str, Any], name: str, pyproject: Path) -> tuple[str, ...]:
+    preload = settings.get("preload", [])
+    if not isinstance(preload, list) or not all(isinstance(m, str) for m in preload):
+        raise UsageError(f"[tool.runner.env.{name}] preload must be a list of module names",
+                         pyproject)
+    return tuple(preload)
 
 
 def _str(table: dict[str, Any], key: str, default: str, pyproject: Path) -> str:

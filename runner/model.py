@@ -72,6 +72,7 @@ class EnvSpec:
     lock_hash: str  # sha256 of the lock and the Python version it is built for
     distributions: frozenset[str]  # normalized names of every pinned distribution
     kernel_env: tuple[tuple[str, str], ...] = ()  # variables set in the env's kernel
+    preload: tuple[str, ...] = ()  # modules its warm kernels import once per run
 
     @property
     def lock(self) -> Path:

@@ -1,0 +1,71 @@
+"""Warm kernels for a run: one fork server per environment (see `forkserver.py`).
+
+Each server starts with the run, in the env's own Python and kernel environment, and imports the
+env's `preload` modules once while other work goes on; every session of that env then gets a
+kernel forked from it in milliseconds instead of a fresh interpreter that imports everything
+again. The kernelspec handed to nbclient runs the fork server's launcher, which falls back to a
+plain `ipykernel_launcher` when the server is not there, so a kernel always starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from runner.envs import BuiltEnv
+
+FORKSERVER = Path(__file__).with_name("forkserver.py")
+START_TIMEOUT = 120.0
+
+
+class ForkServers:
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="runner-warm-"))
+        self._servers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, env: BuiltEnv, variables: Mapping[str, str]) -> None:
+        """Start the env's server (it preloads in the background) and write its kernelspec."""
+        name = env.spec.name
+        if name in self._servers:
+            return
+        socket_path = self.folder / f"{name}.sock"
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (the server keeps it)
+        self._servers[name] = subprocess.Popen(
+            [str(env.python), str(FORKSERVER), "serve", str(socket_path), *env.spec.preload],
+            env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=log, start_new_session=True)
+        spec = self.kernels_dir(name) / env.kernel_name
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [str(env.python), str(FORKSERVER), "launch", str(socket_path),
+                     "-f", "{connection_file}"],
+            "display_name": f"runner: {name} (warm)", "language": "python"}))
+
+    def kernels_dir(self, name: str) -> Path:
+        return self.folder / name / "kernels"
+
+    async def ready(self, name: str) -> None:
+        """Wait until the env's server accepts (its preloading done), or give up on it."""
+        deadline = time.monotonic() + START_TIMEOUT
+        socket_path = self.folder / f"{name}.sock"
+        server = self._servers[name]
+        while not socket_path.exists() and server.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""Warm kernels forked from a per-env server: fast, isolated, and gone when the run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.execute import kernel_env, run_session
+from runner.markdown import parse
+from runner.model import SnippetResult
+from runner.plan import plan
+from runner.warm import ForkServers
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def servers(built) -> Iterator[ForkServers]:  # type: ignore[no-untyped-def]
+    pool = ForkServers()
+    env = built("sklearn")
+    pool.start(env, kernel_env(env))
+    yield pool
+    pool.close()
+
+
+def run(servers: ForkServers, built, project, *codes: str) -> list[list[SnippetResult]]:  # type: ignore[no-untyped-def]
+    """Each code is its own post (own session), run one after another from the same server."""
+    async def main() -> list[list[SnippetResult]]:
+        await servers.ready("sklearn")
+        out = []
+        for code in codes:
+            [session] = plan(parse("p.md", f"```python runner:env=sklearn\n{code}\n```\n"),
+                             project.envs)
+            out.append(list(await run_session(session, built("sklearn"), 30,
+                                              servers.kernels_dir("sklearn"))))
+        return out
+    return asyncio.run(main())
+
+
+def test_kernels_are_forked_from_the_server_in_the_env(servers, built, project) -> None:  # type: ignore[no-untyped-def]
+    code = ("import os, sys\nprint(sys.prefix)\n"
+            "print(open(f'/proc/{os.getppid()}/cmdline').read().split(chr(0))[2])")
+    [[result]] = run(servers, built, project, code)
+    assert result.status == "passed", result.error
+    prefix, parent = result.output.stdout.splitlines()
+    assert Path(prefix).resolve() == built("sklearn").prefix.resolve()
+    assert parent == "serve"  # the kernel's parent is the fork server, not a fresh launcher
+
+
+def test_sessions_share_no_state(servers, built, project) -> None:  # type: ignore[no-untyped-def]
+    first, second = run(
+        servers, built, project,
+        "import json, numpy\njson.leaked = True\nprint(numpy.random.random())",
+        "import json, numpy\nprint(hasattr(json, 'leaked'))\nprint(numpy.random.random())")
+    assert second[0].output.stdout.splitlines()[0] == "False"
+    assert first[0].output.stdout != second[0].output.stdout.splitlines()[1] + "\n"
+
+
+def test_timeout_and_dead_kernel_in_a_forked_kernel(servers, built, project) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> list[SnippetResult]:
+        await servers.ready("sklearn")
+        text = ("```python runner:env=sklearn runner:timeout=2\nimport time\ntime.sleep(60)\n```\n"
+                "\n```python\nprint('after')\n```\n")
+        [session] = plan(parse("p.md", text), project.envs)
+        slow = list(await run_session(session, built("sklearn"), 30,
+                                      servers.kernels_dir("sklearn")))
+        dead = "```python runner:env=sklearn\nimport os\nos._exit(3)\n```\n"
+        [session] = plan(parse("p.md", dead), project.envs)
+        return slow + list(await run_session(session, built("sklearn"), 30,
+                                             servers.kernels_dir("sklearn")))
+    slow, after, dead = asyncio.run(main())
+    assert slow.error is not None and slow.error.message == "timed out after 2 s"
+    assert after.status == "skipped"
+    assert dead.error is not None and dead.error.type == "DeadKernelError"
+
+
+def test_no_process_survives_the_run(built, project) -> None:  # type: ignore[no-untyped-def]
+    pool = ForkServers()
+    env = built("sklearn")
+    pool.start(env, kernel_env(env))
+    code = ("import os, subprocess\n"
+            "child = subprocess.Popen(['sleep', '300'])\n"
+            "print(os.getpid(), child.pid)")
+    [[result]] = run(pool, built, project, code)
+    kernel, grandchild = map(int, result.output.stdout.split())
+    server = pool._servers["sklearn"].pid
+    pool.close()
+    for pid in (kernel, grandchild, server):
+        assert not _alive(pid), pid
+
+
+def test_launcher_falls_back_to_a_plain_kernel_without_a_server(built, project) -> None:  # type: ignore[no-untyped-def]
+    pool = ForkServers()
+    env = built("sklearn")
+    pool.start(env, kernel_env(env))
+    os.killpg(pool._servers["sklearn"].pid, 9)
+    pool._servers["sklearn"].wait()
+    [[result]] = run(pool, built, project, "print('still runs')")
+    assert result.status == "passed" and result.output.stdout == "still runs\n"
+    pool.close()
+
+
+def _alive(pid: int) -> bool:
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ")[1].startswith("Z"):
+                    return False  # a zombie has exited
+        except FileNotFoundError:
+            return False
+        time.sleep(0.1)
+    return True
