@@ -11,7 +11,7 @@ import difflib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.execute import kernel_env, run_session
 from runner.images import same_picture
-from runner.model import ErrorInfo, Output, Post, Session, SnippetResult
+from runner.model import EnvSpec, ErrorInfo, Output, Post, Session, SnippetResult
+from runner.progress import RunProgress
 from runner.report import PostOutcome, Run
 from runner.warm import ForkServers
 from runner.writeback import (
@@ -84,13 +85,29 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     jobs = _cache_lookup(work, config, timeout, read_cache)
     built = _build_envs({job.session.env for job in jobs}, config)
     store = None if args.check_determinism else config.cache_dir
-    asyncio.run(_execute(jobs, built, args.jobs, timeout, store, not args.no_warm))
+    progress = RunProgress(len(work))
+    remaining = {id(item): sum(job.item is item for job in jobs) for item in work}
+    for item in work:
+        if not remaining[id(item)]:
+            progress.post_done(str(item.path))
+
+    def session_done(job: _Job) -> None:
+        remaining[id(job.item)] -= 1
+        if not remaining[id(job.item)]:
+            progress.post_done(str(job.item.path))
+
+    try:
+        asyncio.run(_execute(jobs, built, args.jobs, timeout, store, not args.no_warm,
+                             session_done))
+    finally:
+        progress.close()
     options = RenderOptions(config.patterns, config.max_output_lines)
     if args.check_determinism:
         first = {id(item): item.results for item in work}
         for item in work:
             item.results = []
-        asyncio.run(_execute(jobs, built, args.jobs, timeout, None, not args.no_warm))
+        asyncio.run(_execute(jobs, built, args.jobs, timeout, None, not args.no_warm,
+                             lambda job: None))
         for item in work:
             item.results = _check_determinism(first[id(item)], item.results, options)
     for item in work:
@@ -157,12 +174,13 @@ def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | En
 
 
 async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
-                   parallel: int, timeout: float, store: Path | None, warm: bool) -> None:
+                   parallel: int, timeout: float, store: Path | None, warm: bool,
+                   done: Callable[[_Job], None]) -> None:
     limit = asyncio.Semaphore(parallel)
     servers = ForkServers() if warm else None
     for env in built.values():
         if servers is not None and isinstance(env, envs.BuiltEnv):
-            servers.start(env, kernel_env(env))
+            servers.start(env, kernel_env(env), _preload(env.spec, jobs))
 
     async def one(job: _Job) -> None:
         session, env = job.session, built[job.session.env]
@@ -170,6 +188,7 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
             job.item.results += [SnippetResult(s, session.env, "failed",
                                                error=_env_error(env, s.line))
                                  for s in session.snippets]
+            done(job)
             return
         async with limit:
             kernels = None
@@ -180,12 +199,21 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
         job.item.results += results
         if store is not None:
             cache.store(store, job.key, results)
+        done(job)
 
     try:
         await asyncio.gather(*(one(job) for job in jobs))
     finally:
         if servers is not None:
             servers.close()
+
+
+def _preload(spec: EnvSpec, jobs: list[_Job]) -> list[str]:
+    """The env's preload modules that this run's sessions import: no one waits for the rest."""
+    imported = {name for job in jobs if job.session.env == spec.name
+                for snippet in job.session.snippets
+                for name in plan.third_party_imports(snippet.code)}
+    return [module for module in spec.preload if module.split(".")[0] in imported]
 
 
 def _env_error(error: EnvError, line: int) -> ErrorInfo:

@@ -39,25 +39,27 @@ KERNEL_MODULES = (
 
 
 def serve(path: str, modules: list[str]) -> None:
+    """Import what every kernel needs, then accept; the env's heavy modules are imported one by
+    one whenever no request waits, so light sessions need not wait for them."""
     # ipykernel sets this before any user import; pyplot preloaded here must see it too.
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    for name in (*KERNEL_MODULES, *modules):
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a module that fails here fails visibly in the session
-            print(f"forkserver: preloading {name} failed: {exc}", file=sys.stderr)
+    for name in KERNEL_MODULES:
+        _preload(name)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path + ".tmp")
     server.listen(16)
     os.rename(path + ".tmp", path)  # the socket appears only once it accepts
+    pending = list(modules)
     waiting: dict[int, socket.socket] = {}  # child pid -> the launcher's connection
     while True:
-        readable, _, _ = select.select([server], [], [], 0.05)
+        readable, _, _ = select.select([server], [], [], 0 if pending else 0.05)
         if readable:
             connection, _ = server.accept()
             pid = _fork_kernel(server, connection)
             if pid:
                 waiting[pid] = connection
+        elif pending:
+            _preload(pending.pop(0))
         for pid in list(waiting):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -66,6 +68,13 @@ def serve(path: str, modules: list[str]) -> None:
                 connection.close()
         if os.getppid() == 1:  # the runner is gone
             return
+
+
+def _preload(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # a module that fails here fails visibly in the session
+        print(f"forkserver: preloading {name} failed: {exc}", file=sys.stderr)
 
 
 def _fork_kernel(server: socket.socket, connection: socket.socket) -> int:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runner.envs import BuiltEnv
@@ -32,15 +32,18 @@ class ForkServers:
         self.folder = Path(tempfile.mkdtemp(prefix="runner-warm-"))
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, env: BuiltEnv, variables: Mapping[str, str]) -> None:
-        """Start the env's server (it preloads in the background) and write its kernelspec."""
+    def start(self, env: BuiltEnv, variables: Mapping[str, str],
+              preload: Sequence[str] | None = None) -> None:
+        """Start the env's server (it preloads in the background) and write its kernelspec.
+        `preload` defaults to all the env's preload modules."""
         name = env.spec.name
         if name in self._servers:
             return
         socket_path = self.folder / f"{name}.sock"
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (the server keeps it)
         self._servers[name] = subprocess.Popen(
-            [str(env.python), str(FORKSERVER), "serve", str(socket_path), *env.spec.preload],
+            [str(env.python), str(FORKSERVER), "serve", str(socket_path),
+             *(env.spec.preload if preload is None else preload)],
             env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, start_new_session=True)
         spec = self.kernels_dir(name) / env.kernel_name
