@@ -1,5 +1,5 @@
 """The project's sessions: the contract's four (verify-posts, update-posts, notebooks, tests),
-and lint. Arguments after `--` go to the runner: `nox -s verify-posts -- posts/x.md --jobs 2`."""
+lint and bench. Arguments after `--` go to the runner: `nox -s verify-posts -- posts/x.md --jobs 2`."""
 
 from __future__ import annotations
 
@@ -38,8 +38,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Runner vs plain python vs papermill on generated posts; prints the table and targets."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff and mypy, both clean."""
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "runner", "tests", "noxfile.py")
+    session.run("ruff", "check", "runner", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")

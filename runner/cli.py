@@ -195,15 +195,17 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
             if servers is not None:
                 await servers.ready(session.env)
                 kernels = servers.kernels_dir(session.env)
-            results = await run_session(session, env, timeout, kernels)
+            results = await run_session(session, env, timeout, kernels, cleanups)
         job.item.results += results
         if store is not None:
             cache.store(store, job.key, results)
         done(job)
 
+    cleanups: list[asyncio.Task[None]] = []  # kernels being stopped in the background
     try:
         await asyncio.gather(*(one(job) for job in jobs))
     finally:
+        await asyncio.gather(*cleanups, return_exceptions=True)
         if servers is not None:
             servers.close()
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import IO, Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -55,21 +55,26 @@ class _Stop(Exception):
 
 
 async def run_session(session: Session, env: BuiltEnv, timeout: float,
-                      kernels_dir: Path | None = None) -> tuple[SnippetResult, ...]:
+                      kernels_dir: Path | None = None,
+                      cleanups: list[asyncio.Task[None]] | None = None,
+                      ) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
-    `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own."""
+    `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own. With
+    `cleanups`, stopping the kernel and removing its scratch folder go on in a task added there
+    (the caller awaits them all), so the next session need not wait for it."""
     results: list[SnippetResult] = []
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
+    client: _Client | None = None
     try:
         notebook = session_notebook(session)
-        client = _client(notebook, env, timeout, kernels_dir or env.kernels_dir)
-        async with client.async_setup_kernel(cwd=str(scratch), env=kernel_env(env),
-                                             stdout=log, stderr=log, cleanup_kc=True):
-            await _check_prefix(client, env)
-            await _run_cells(client, session, notebook, results)
+        client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir)
+        async with kernel.async_setup_kernel(cwd=str(scratch), env=kernel_env(env),
+                                             stdout=log, stderr=log, cleanup_kc=False):
+            await _check_prefix(kernel, env)
+            await _run_cells(kernel, session, notebook, results)
     except Exception as exc:  # the kernel would not start, or died between cells
         log.seek(0)
         tail = " / ".join(log.read().strip().splitlines()[-3:])
@@ -78,9 +83,22 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
         results += [_failed(s, session.env, "KernelError", reason, None)
                     for s in session.snippets if id(s) not in done]
     finally:
+        cleanup = asyncio.ensure_future(_stop(client, log, scratch))
+        if cleanups is None:
+            await cleanup
+        else:
+            cleanups.append(cleanup)
+    return tuple(results)
+
+
+async def _stop(client: _Client | None, log: IO[str], scratch: Path) -> None:
+    """Stop the kernel (nothing of it survives), then remove what the session left."""
+    try:
+        if client is not None and client.km is not None:
+            await client._async_cleanup_kernel()
+    finally:
         log.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    return tuple(results)
 
 
 async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
@@ -208,7 +226,7 @@ def _failed(snippet: Snippet, env: str, kind: str, message: str, line: int | Non
 
 
 def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
-            kernels_dir: Path) -> NotebookClient:
+            kernels_dir: Path) -> _Client:
     specs = KernelSpecManager(kernel_dirs=[str(kernels_dir)], ensure_native_kernel=False)
     manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs)
 

@@ -55,8 +55,12 @@ def serve(path: str, modules: list[str]) -> None:
         readable, _, _ = select.select([server], [], [], 0 if pending else 0.05)
         if readable:
             connection, _ = server.accept()
-            pid = _fork_kernel(server, connection)
-            if pid:
+            try:
+                pid = _fork_kernel(server, connection)
+            except Exception as exc:  # a bad request ends that launcher, never the server
+                print(f"forkserver: request refused: {exc!r}", file=sys.stderr)
+                connection.close()
+            else:
                 waiting[pid] = connection
         elif pending:
             _preload(pending.pop(0))
@@ -78,8 +82,15 @@ def _preload(name: str) -> None:
 
 
 def _fork_kernel(server: socket.socket, connection: socket.socket) -> int:
-    message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
-    request = json.loads(message.decode())
+    connection.settimeout(10)
+    _, fds, _, _ = socket.recv_fds(connection, 1, 3)  # stdin, stdout, stderr of the launcher
+    try:
+        request = json.loads(connection.makefile("rb").readline())  # then one JSON line
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    connection.settimeout(None)
     pid = os.fork()
     if pid:
         for fd in fds:
@@ -128,7 +139,8 @@ def launch(path: str, argv: list[str]) -> None:
         client.connect(path)
         request = {"cwd": os.getcwd(), "env": dict(os.environ), "argv": argv,
                    "launcher": os.getpid()}
-        socket.send_fds(client, [json.dumps(request).encode()], [0, 1, 2])
+        socket.send_fds(client, [b"R"], [0, 1, 2])
+        client.sendall(json.dumps(request).encode() + b"\n")
         reader = client.makefile("r")
         pid = json.loads(reader.readline())["pid"]
     except (OSError, ValueError, KeyError):
