@@ -1,5 +1,6 @@
 """The project's sessions: the contract's four (verify-posts, update-posts, notebooks, tests),
-lint and bench. Arguments after `--` go to the runner: `nox -s verify-posts -- posts/x.md --jobs 2`."""
+lint and bench. Arguments after `--` go to the runner:
+`nox -s verify-posts -- posts/x.md --jobs 2`."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner import config, envs, markdown, notebooks, plan  # noqa: E402
+from runner.execute import kernel_env  # noqa: E402
 
 LIGHT = """\
 ```python
@@ -129,6 +130,7 @@ def papermill(folder: Path, sessions: list, env: envs.BuiltEnv) -> float:  # typ
         path = folder / f"{index}.ipynb"
         nbformat.write(notebooks.session_notebook(session), path)
         paths.append(path)
+    os.environ.update(kernel_env(env))  # the same kernel environment the runner gives
     os.environ["JUPYTER_PATH"] = str(env.prefix / "share" / "jupyter")
     return timed(lambda: [pm.execute_notebook(str(p), str(p.with_suffix(".out.ipynb")),
                                               kernel_name=env.kernel_name, cwd=str(folder),

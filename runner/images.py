@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageChops
-
 TOLERANCE = 0.005  # share of pixels allowed to differ
 CHANNEL_DELTA = 16  # out of 255
 
@@ -16,6 +14,8 @@ CHANNEL_DELTA = 16  # out of 255
 def same_picture(old: bytes, new: bytes) -> bool:
     if old == new:
         return True
+    from PIL import Image, ImageChops  # only when a figure changed bytes: most runs never do
+
     try:
         a, b = (Image.open(io.BytesIO(data)).convert("RGBA") for data in (old, new))
     except (OSError, ValueError):  # not a picture: only equal bytes are the same
