@@ -11,6 +11,7 @@ import difflib
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     try:
         asyncio.run(_execute(jobs, built, args.jobs, timeout, store, not args.no_warm,
-                             session_done))
+                             session_done, config.passenv))
     finally:
         progress.close()
     options = RenderOptions(config.patterns, config.max_output_lines)
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         for item in work:
             item.results = []
         asyncio.run(_execute(jobs, built, args.jobs, timeout, None, not args.no_warm,
-                             lambda job: None))
+                             lambda job: None, config.passenv))
         for item in work:
             item.results = _check_determinism(first[id(item)], item.results, options)
     for item in work:
@@ -175,12 +176,16 @@ def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | En
 
 async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
                    parallel: int, timeout: float, store: Path | None, warm: bool,
-                   done: Callable[[_Job], None]) -> None:
+                   done: Callable[[_Job], None], passenv: Sequence[str] = ()) -> None:
     limit = asyncio.Semaphore(parallel)
-    servers = ForkServers() if warm else None
+    servers = ForkServers()  # this run's kernelspecs, and with `warm` its fork servers
+    sessions = Counter(job.session.env for job in jobs)
+    forked = {name for name, count in sessions.items() if warm and count > 1}
     for env in built.values():
-        if servers is not None and isinstance(env, envs.BuiltEnv):
-            servers.start(env, kernel_env(env), _preload(env.spec, jobs))
+        if isinstance(env, envs.BuiltEnv) and env.spec.name in forked:
+            servers.start(env, kernel_env(env, passenv), _preload(env.spec, jobs))
+        elif isinstance(env, envs.BuiltEnv):
+            servers.plain(env)  # a single session gains nothing from a fork server
 
     async def one(job: _Job) -> None:
         session, env = job.session, built[job.session.env]
@@ -191,11 +196,11 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
             done(job)
             return
         async with limit:
-            kernels = None
-            if servers is not None:
+            if session.env in forked:
                 await servers.ready(session.env)
-                kernels = servers.kernels_dir(session.env)
-            results = await run_session(session, env, timeout, kernels, cleanups)
+            results = await run_session(session, env, timeout, servers.kernels_dir(session.env),
+                                        cleanups,
+                                        kernel_env(env, passenv))
         job.item.results += results
         if store is not None:
             cache.store(store, job.key, results)
@@ -206,16 +211,16 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
         await asyncio.gather(*(one(job) for job in jobs))
     finally:
         await asyncio.gather(*cleanups, return_exceptions=True)
-        if servers is not None:
-            servers.close()
+        servers.close()
 
 
 def _preload(spec: EnvSpec, jobs: list[_Job]) -> list[str]:
-    """The env's preload modules that this run's sessions import: no one waits for the rest."""
-    imported = {name for job in jobs if job.session.env == spec.name
-                for snippet in job.session.snippets
-                for name in plan.third_party_imports(snippet.code)}
-    return [module for module in spec.preload if module.split(".")[0] in imported]
+    """The env's preload modules that at least two of this run's sessions import: imported
+    once for them all; no session waits for a module that at most one of them needs."""
+    imports = Counter(name for job in jobs if job.session.env == spec.name
+                      for name in {n for s in job.session.snippets
+                                   for n in plan.third_party_imports(s.code)})
+    return [module for module in spec.preload if imports[module.split(".")[0]] > 1]
 
 
 def _env_error(error: EnvError, line: int) -> ErrorInfo:

@@ -16,6 +16,8 @@ from runner.model import EnvSpec
 
 DEFAULT_TIMEOUT = 300.0
 CACHE_VARIABLE = "RUNNER_EXECUTION_CACHE"  # overrides [tool.runner] cache-dir (for CI caches)
+DEFAULT_MEMORY_MB = 4096  # per kernel, RLIMIT_DATA
+DEFAULT_PROCESSES = 256  # per kernel: its whole process tree
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
 
 
@@ -30,6 +32,7 @@ class Config:
     patterns: tuple[tuple[re.Pattern[str], str], ...] = ()  # [[tool.runner.normalize]]
     max_output_lines: int = 200
     cache_dir: Path = Path(".runner-cache")  # the execution cache
+    passenv: tuple[str, ...] = ()  # more variables (or patterns) kernels may see
 
 
 def normalize_dist(name: str) -> str:
@@ -57,7 +60,7 @@ def load(start: Path) -> Config:
     if not isinstance(env_settings, dict):
         raise UsageError("[tool.runner.env] must be a table of environments", pyproject)
     folders = sorted(f for f in envs_dir.iterdir() if f.is_dir()) if envs_dir.is_dir() else []
-    envs = {f.name: _env_spec(f, env_settings.get(f.name, {}), pyproject) for f in folders}
+    envs = {f.name: _env_spec(f, env_settings.get(f.name, {}), table, pyproject) for f in folders}
     unknown = sorted(set(env_settings) - set(envs))
     if unknown:
         raise UsageError(f"[tool.runner.env.{unknown[0]}] names no folder in {envs_dir}", pyproject)
@@ -75,6 +78,7 @@ def load(start: Path) -> Config:
     return Config(
         patterns=_patterns(table.get("normalize", []), pyproject),
         max_output_lines=max_lines,
+        passenv=_names(table, "passenv", pyproject),
         cache_dir=Path(os.environ.get(CACHE_VARIABLE)
                        or root / _str(table, "cache-dir", ".runner-cache", pyproject)),
         root=root,
@@ -104,7 +108,7 @@ def _patterns(entries: Any, pyproject: Path) -> tuple[tuple[re.Pattern[str], str
     return tuple(patterns)
 
 
-def _env_spec(folder: Path, settings: Any, pyproject: Path) -> EnvSpec:
+def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Path) -> EnvSpec:
     lock = folder / "requirements.lock"
     if not lock.is_file():
         raise UsageError(f"environment '{folder.name}' has no requirements.lock "
@@ -125,7 +129,24 @@ def _env_spec(folder: Path, settings: Any, pyproject: Path) -> EnvSpec:
         distributions=frozenset(normalize_dist(m) for m in _PIN.findall(data.decode())),
         kernel_env=tuple(sorted(kernel_env.items())),
         preload=_preload(settings, folder.name, pyproject),
+        memory_mb=_limit(settings, table, "memory-limit-mb", DEFAULT_MEMORY_MB, pyproject),
+        processes=_limit(settings, table, "process-limit", DEFAULT_PROCESSES, pyproject),
     )
+
+
+def _limit(settings: dict[str, Any], table: dict[str, Any], key: str, default: int,
+           pyproject: Path) -> int:
+    value = settings.get(key, table.get(key, default))
+    if not isinstance(value, int) or value < 0:
+        raise UsageError(f"{key} must be a whole number (0: no limit)", pyproject)
+    return value
+
+
+def _names(table: dict[str, Any], key: str, pyproject: Path) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"[tool.runner] {key} must be a list of names", pyproject)
+    return tuple(value)
 
 
 def _preload(settings: dict[str, Any], name: str, pyproject: Path) -> tuple[str, ...]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import fnmatch
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from queue import Empty
 from typing import IO, Any
@@ -57,6 +60,7 @@ class _Stop(Exception):
 async def run_session(session: Session, env: BuiltEnv, timeout: float,
                       kernels_dir: Path | None = None,
                       cleanups: list[asyncio.Task[None]] | None = None,
+                      variables: Mapping[str, str] | None = None,
                       ) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own. With
@@ -71,7 +75,8 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
     try:
         notebook = session_notebook(session)
         client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir)
-        async with kernel.async_setup_kernel(cwd=str(scratch), env=kernel_env(env),
+        variables = dict(variables if variables is not None else kernel_env(env))
+        async with kernel.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
             await _check_prefix(kernel, env)
             await _run_cells(kernel, session, notebook, results)
@@ -137,7 +142,8 @@ async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
                             time.monotonic() - started)) from None
     except DeadKernelError:
         raise _Stop(_failed(snippet, session.env, "DeadKernelError",
-                            "the kernel died while running this snippet", None,
+                            f"the kernel died while running this snippet ({_death(client)})",
+                            snippet.code_line,
                             time.monotonic() - started)) from None
     duration = time.monotonic() - started
     output = collect_output(cell.outputs)
@@ -160,6 +166,26 @@ async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
     message = _CELL_FILE.sub("", error.evalue)  # the cell's temp file means nothing to a reader
     return _failed(snippet, session.env, error.ename, message, line, duration, output,
                    traceback)
+
+
+def _death(client: NotebookClient) -> str:
+    """How the kernel's process ended: its exit status, or the signal that killed it."""
+    process = getattr(getattr(client.km, "provisioner", None), "process", None)
+    code = None
+    for _ in range(50):  # it has just died: give the exit status a moment to arrive
+        code = process.poll() if process is not None else None
+        if code is not None:
+            break
+        time.sleep(0.01)
+    if code is None:
+        return "exit status unknown"
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    if number:
+        try:
+            return f"killed by signal {number}, {signal.Signals(number).name}"
+        except ValueError:
+            pass
+    return f"exit status {code}"
 
 
 def collect_output(outputs: list[NotebookNode]) -> Output:
@@ -279,13 +305,23 @@ class _Client(NotebookClient):
                     return
 
 
-def kernel_env(env: BuiltEnv) -> dict[str, str]:
-    """The caller's environment with the env's own bin/ first and its kernel-env settings."""
-    variables = dict(os.environ)
-    variables.pop("PYTHONPATH", None)
+# What a kernel gets of the caller's environment (tox's passenv): nothing else, so tokens and
+# keys in the shell that runs the runner never reach a snippet. [tool.runner] passenv adds.
+PASSENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM",
+           "TMPDIR", "OPENBLAS_*", "OMP_*", "MKL_*")
+
+
+def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
+    """The allowed part of the caller's environment, the env's own bin/ first on PATH, and the
+    env's kernel-env settings."""
+    allowed = (*PASSENV, *passenv)
+    variables = {name: value for name, value in os.environ.items()
+                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)}
     variables["VIRTUAL_ENV"] = str(env.prefix)
     variables["PATH"] = os.pathsep.join([str(env.prefix / "bin"), variables.get("PATH", "")])
     variables.update(env.spec.kernel_env)
+    variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
+        {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes})
     return variables
 
 

@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -50,6 +51,7 @@ def serve(path: str, modules: list[str]) -> None:
     server.listen(16)
     os.rename(path + ".tmp", path)  # the socket appears only once it accepts
     pending = list(modules)
+    runner = os.getppid()
     waiting: dict[int, socket.socket] = {}  # child pid -> the launcher's connection
     while True:
         readable, _, _ = select.select([server], [], [], 0 if pending else 0.05)
@@ -70,7 +72,7 @@ def serve(path: str, modules: list[str]) -> None:
                 connection = waiting.pop(pid)
                 _send(connection, {"status": os.waitstatus_to_exitcode(status)})
                 connection.close()
-        if os.getppid() == 1:  # the runner is gone
+        if os.getppid() != runner:  # the runner is gone, however it went
             return
 
 
@@ -105,6 +107,46 @@ def _fork_kernel(server: socket.socket, connection: socket.socket) -> int:
         os._exit(1)
 
 
+def apply_limits() -> None:
+    """The limits the runner sets for every kernel (RUNNER_KERNEL_LIMITS, JSON): memory as
+    RLIMIT_DATA (heap and private mappings: numpy's big arrays included), processes as
+    RLIMIT_NPROC and, where the pids cgroup is writable (root does not obey RLIMIT_NPROC), as a
+    cgroup of this kernel's own that its whole process tree counts against."""
+    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    if limits.get("memory_mb"):
+        size = int(limits["memory_mb"]) * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+    if limits.get("processes"):
+        count = int(limits["processes"])
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
+        root = _pids_cgroup_root()
+        if root is not None:
+            group = os.path.join(root, f"runner-kernel-{os.getpid()}")
+            with contextlib.suppress(OSError):
+                os.mkdir(group)
+                with open(os.path.join(group, "pids.max"), "w") as out:
+                    out.write(str(count))
+                with open(os.path.join(group, "cgroup.procs"), "w") as out:
+                    out.write(str(os.getpid()))
+
+
+def _pids_cgroup_root() -> str | None:
+    """Where a pids cgroup can be made: cgroup v1's pids hierarchy, or v2 with pids enabled."""
+    if os.path.isdir("/sys/fs/cgroup/pids"):
+        return "/sys/fs/cgroup/pids"
+    with contextlib.suppress(OSError), open("/sys/fs/cgroup/cgroup.subtree_control") as controls:
+        if "pids" in controls.read().split():
+            return "/sys/fs/cgroup"
+    return None
+
+
+def plain(argv: list[str]) -> None:
+    """A kernel started from scratch, with the same limits as a forked one."""
+    apply_limits()
+    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
+
+
 def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     os.setsid()
     for target, fd in zip((0, 1, 2), fds, strict=True):
@@ -113,6 +155,7 @@ def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    apply_limits()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
@@ -147,9 +190,18 @@ def launch(path: str, argv: list[str]) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, lambda s, _frame: _forward(pid, s))
+    threading.Thread(target=_orphaned, args=(pid, os.getppid()), daemon=True).start()
     line = reader.readline()
     status = json.loads(line)["status"] if line else 1
     sys.exit(status if status >= 0 else 128 - status)
+
+
+def _orphaned(pid: int, parent: int) -> None:
+    """The runner died without stopping this kernel (SIGKILL, a crash): stop it here."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    _forward(pid, signal.SIGKILL)
+    os._exit(1)
 
 
 def _forward(pid: int, signum: int) -> None:
@@ -168,5 +220,7 @@ def _send(connection: socket.socket, message: dict[str, int]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "plain":
+        plain(sys.argv[2:])
     else:
         launch(sys.argv[2], sys.argv[3:])

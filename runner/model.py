@@ -73,6 +73,8 @@ class EnvSpec:
     distributions: frozenset[str]  # normalized names of every pinned distribution
     kernel_env: tuple[tuple[str, str], ...] = ()  # variables set in the env's kernel
     preload: tuple[str, ...] = ()  # modules its warm kernels import once per run
+    memory_mb: int = 0  # per-kernel limits (0: none)
+    processes: int = 0
 
     @property
     def lock(self) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 from runner.errors import PostError, UsageError
 
 SUFFIXES = (".md", ".markdown", ".mdx")
+MAX_BYTES = 5 * 2**20  # a post larger than this is refused, not parsed
 
 
 def find(paths: Iterable[Path]) -> list[Path]:
@@ -17,8 +18,10 @@ def find(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-        elif path.exists():
+            # Anything named like a post is one: a folder or a symlink loop so named is then
+            # reported as a broken post, not passed over in silence.
+            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES)
+        elif os.path.lexists(path):
             found.append(path)
         else:
             raise UsageError(f"no such post or folder: {path}")
@@ -28,9 +31,17 @@ def find(paths: Iterable[Path]) -> list[Path]:
 def read(path: Path) -> str:
     """The post's text, exactly (BOM and line endings kept); UTF-8 or a PostError."""
     try:
+        if path.is_dir():
+            raise PostError("is a folder, not a post", path)
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise PostError(f"is {size / 2**20:.1f} MB, more than a post may be "
+                            f"({MAX_BYTES // 2**20} MB)", path)
         data = path.read_bytes()
     except OSError as exc:
         raise PostError(f"cannot read: {exc.strerror or exc}", path) from exc
+    if not data.strip():
+        raise PostError("is empty", path, 1)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

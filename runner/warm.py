@@ -53,6 +53,14 @@ class ForkServers:
                      "-f", "{connection_file}"],
             "display_name": f"runner: {name} (warm)", "language": "python"}))
 
+    def plain(self, env: BuiltEnv) -> None:
+        """A kernelspec that starts each kernel from scratch, with the same limits."""
+        spec = self.kernels_dir(env.spec.name) / env.kernel_name
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [str(env.python), str(FORKSERVER), "plain", "-f", "{connection_file}"],
+            "display_name": f"runner: {env.spec.name}", "language": "python"}))
+
     def kernels_dir(self, name: str) -> Path:
         return self.folder / name / "kernels"
 
@@ -72,3 +80,12 @@ class ForkServers:
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+        remove_empty_cgroups()
+
+
+def remove_empty_cgroups() -> None:
+    """The pids cgroups of kernels that have ended (this run's, or a crashed run's)."""
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        for group in root.glob("runner-kernel-*"):
+            with contextlib.suppress(OSError):
+                group.rmdir()  # refused while a process is still in it
