@@ -31,7 +31,7 @@ FORMAT = 1
 def session_key(session: Session, env: EnvSpec, timeout: float) -> str:
     recipe = {
         "format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
-        "timeout": timeout, "kernel_env": env.kernel_env,
+        "timeout": timeout, "kernel_env": env.kernel_env, "network": session.network,
         "snippets": [[s.code, s.hidden, asdict(s.markers)] for s in session.snippets],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()

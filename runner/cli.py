@@ -24,7 +24,7 @@ from runner.images import same_picture
 from runner.model import EnvSpec, ErrorInfo, Output, Post, Session, SnippetResult
 from runner.progress import RunProgress
 from runner.report import PostOutcome, Run
-from runner.warm import ForkServers
+from runner.warm import ForkServers, network_isolation
 from runner.writeback import (
     FIGURE_GLOB,
     RenderOptions,
@@ -179,6 +179,11 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
                    done: Callable[[_Job], None], passenv: Sequence[str] = ()) -> None:
     limit = asyncio.Semaphore(parallel)
     servers = ForkServers()  # this run's kernelspecs, and with `warm` its fork servers
+    ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
+    if any(not job.session.network for job in jobs) and ready and not network_isolation(
+            ready[0].python):
+        _say("network for snippets cannot be turned off here (no network namespaces): "
+             "snippets may reach the network")
     sessions = Counter(job.session.env for job in jobs)
     forked = {name for name, count in sessions.items() if warm and count > 1}
     for env in built.values():

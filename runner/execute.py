@@ -68,14 +68,19 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
     (the caller awaits them all), so the next session need not wait for it."""
     results: list[SnippetResult] = []
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
+    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-"))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
     client: _Client | None = None
     try:
         notebook = session_notebook(session)
-        client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir)
+        client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir,
+                                  sockets)
         variables = dict(variables if variables is not None else kernel_env(env))
+        variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
+            {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
+             "network": session.network})
         async with kernel.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
             await _check_prefix(kernel, env)
@@ -88,7 +93,7 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
         results += [_failed(s, session.env, "KernelError", reason, None)
                     for s in session.snippets if id(s) not in done]
     finally:
-        cleanup = asyncio.ensure_future(_stop(client, log, scratch))
+        cleanup = asyncio.ensure_future(_stop(client, log, scratch, sockets))
         if cleanups is None:
             await cleanup
         else:
@@ -96,7 +101,7 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
     return tuple(results)
 
 
-async def _stop(client: _Client | None, log: IO[str], scratch: Path) -> None:
+async def _stop(client: _Client | None, log: IO[str], scratch: Path, sockets: Path) -> None:
     """Stop the kernel (nothing of it survives), then remove what the session left."""
     try:
         if client is not None and client.km is not None:
@@ -104,6 +109,7 @@ async def _stop(client: _Client | None, log: IO[str], scratch: Path) -> None:
     finally:
         log.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
@@ -252,9 +258,13 @@ def _failed(snippet: Snippet, env: str, kind: str, message: str, line: int | Non
 
 
 def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
-            kernels_dir: Path) -> _Client:
+            kernels_dir: Path, sockets: Path) -> _Client:
     specs = KernelSpecManager(kernel_dirs=[str(kernels_dir)], ensure_native_kernel=False)
     manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs)
+    # Unix sockets, not TCP: a kernel without network (its own empty network namespace) can
+    # still talk to the runner, and nothing else on the machine can talk to the kernel.
+    manager.transport = "ipc"
+    manager.ip = str(sockets / "kernel")
 
     def cell_timeout(cell: NotebookNode) -> int:
         return int(cell.metadata.get("runner", {}).get("timeout") or timeout)
@@ -320,8 +330,6 @@ def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
     variables["VIRTUAL_ENV"] = str(env.prefix)
     variables["PATH"] = os.pathsep.join([str(env.prefix / "bin"), variables.get("PATH", "")])
     variables.update(env.spec.kernel_env)
-    variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
-        {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes})
     return variables
 
 

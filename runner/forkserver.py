@@ -113,6 +113,8 @@ def apply_limits() -> None:
     RLIMIT_NPROC and, where the pids cgroup is writable (root does not obey RLIMIT_NPROC), as a
     cgroup of this kernel's own that its whole process tree counts against."""
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    if limits.get("network") is False:
+        without_network()
     if limits.get("memory_mb"):
         size = int(limits["memory_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (size, size))
@@ -129,6 +131,22 @@ def apply_limits() -> None:
                     out.write(str(count))
                 with open(os.path.join(group, "cgroup.procs"), "w") as out:
                     out.write(str(os.getpid()))
+
+
+def without_network() -> bool:
+    """Move this process into a network namespace of its own with only loopback, up: it can
+    serve and call 127.0.0.1, and reach nothing else. False where that is not permitted."""
+    import ctypes
+    import fcntl
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+    return True
 
 
 def _pids_cgroup_root() -> str | None:
@@ -218,6 +236,8 @@ def _send(connection: socket.socket, message: dict[str, int]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "can-isolate":
+        sys.exit(0 if without_network() else 1)
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "plain":

@@ -61,6 +61,7 @@ class Post:
     snippets: tuple[Snippet, ...]
     front_matter: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     default_env: str | None = None
+    network: bool = False  # the post's snippets may reach the network (front matter opt-in)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Session:
     post: str
     env: str
     snippets: tuple[Snippet, ...]
+    network: bool = False
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ def plan(post: Post, envs: Mapping[str, EnvSpec],
         chosen.append((snippet, env))
         previous = env
     order = list(dict.fromkeys(env for _, env in chosen))
-    return tuple(Session(post.path, env, tuple(s for s, e in chosen if e == env)) for env in order)
+    return tuple(Session(post.path, env, tuple(s for s, e in chosen if e == env), post.network)
+                 for env in order)
 
 
 def choose_env(snippet: Snippet, default: str | None, previous: str | None,

@@ -83,6 +83,13 @@ class ForkServers:
         remove_empty_cgroups()
 
 
+def network_isolation(python: Path) -> bool:
+    """Whether kernels can be given a network namespace of their own here (Linux, and the
+    privilege to make one), tried once in a throwaway process."""
+    done = subprocess.run([str(python), str(FORKSERVER), "can-isolate"], capture_output=True)
+    return done.returncode == 0
+
+
 def remove_empty_cgroups() -> None:
     """The pids cgroups of kernels that have ended (this run's, or a crashed run's)."""
     for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
