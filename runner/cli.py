@@ -97,9 +97,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if not remaining[id(job.item)]:
             progress.post_done(str(job.item.path))
 
+    settings = _Settings(args.jobs, timeout, store, not args.no_warm, config.passenv,
+                         started + args.deadline if args.deadline else None, args.deadline or 0)
     try:
-        asyncio.run(_execute(jobs, built, args.jobs, timeout, store, not args.no_warm,
-                             session_done, config.passenv))
+        asyncio.run(_execute(jobs, built, settings, session_done))
     finally:
         progress.close()
     options = RenderOptions(config.patterns, config.max_output_lines)
@@ -107,8 +108,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         first = {id(item): item.results for item in work}
         for item in work:
             item.results = []
-        asyncio.run(_execute(jobs, built, args.jobs, timeout, None, not args.no_warm,
-                             lambda job: None, config.passenv))
+        asyncio.run(_execute(jobs, built, replace(settings, store=None), lambda job: None))
         for item in work:
             item.results = _check_determinism(first[id(item)], item.results, options)
     for item in work:
@@ -174,10 +174,22 @@ def _build_envs(names: set[str], config: Config) -> dict[str, envs.BuiltEnv | En
     return built
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """How the sessions of a run are executed."""
+
+    jobs: int
+    timeout: float
+    store: Path | None  # the execution cache to fill, if any
+    warm: bool
+    passenv: tuple[str, ...] = ()
+    deadline: float | None = None  # time.monotonic() by which the whole run must end
+    deadline_s: float = 0.0
+
+
 async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
-                   parallel: int, timeout: float, store: Path | None, warm: bool,
-                   done: Callable[[_Job], None], passenv: Sequence[str] = ()) -> None:
-    limit = asyncio.Semaphore(parallel)
+                   settings: _Settings, done: Callable[[_Job], None]) -> None:
+    limit = asyncio.Semaphore(settings.jobs)
     servers = ForkServers()  # this run's kernelspecs, and with `warm` its fork servers
     ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
     if any(not job.session.network for job in jobs) and ready and not network_isolation(
@@ -185,30 +197,34 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
         _say("network for snippets cannot be turned off here (no network namespaces): "
              "snippets may reach the network")
     sessions = Counter(job.session.env for job in jobs)
-    forked = {name for name, count in sessions.items() if warm and count > 1}
-    for env in built.values():
-        if isinstance(env, envs.BuiltEnv) and env.spec.name in forked:
-            servers.start(env, kernel_env(env, passenv), _preload(env.spec, jobs))
-        elif isinstance(env, envs.BuiltEnv):
+    forked = {name for name, count in sessions.items() if settings.warm and count > 1}
+    for env in ready:
+        if env.spec.name in forked:
+            servers.start(env, kernel_env(env, settings.passenv), _preload(env.spec, jobs))
+        else:
             servers.plain(env)  # a single session gains nothing from a fork server
 
     async def one(job: _Job) -> None:
         session, env = job.session, built[job.session.env]
         if isinstance(env, EnvError):
-            job.item.results += [SnippetResult(s, session.env, "failed",
-                                               error=_env_error(env, s.line))
-                                 for s in session.snippets]
+            job.item.results += _all_failed(session, "EnvError", env.message)
             done(job)
             return
         async with limit:
-            if session.env in forked:
-                await servers.ready(session.env)
-            results = await run_session(session, env, timeout, servers.kernels_dir(session.env),
-                                        cleanups,
-                                        kernel_env(env, passenv))
+            if settings.deadline is not None and time.monotonic() >= settings.deadline:
+                results = _all_failed(session, "DeadlineError", f"the run's deadline of "
+                                      f"{settings.deadline_s:g} s passed before this ran")
+            else:
+                if session.env in forked:
+                    await servers.ready(session.env)
+                deadline = (None if settings.deadline is None
+                            else (settings.deadline, settings.deadline_s))
+                results = await run_session(session, env, settings.timeout,
+                                            servers.kernels_dir(session.env), cleanups,
+                                            kernel_env(env, settings.passenv), deadline)
         job.item.results += results
-        if store is not None:
-            cache.store(store, job.key, results)
+        if settings.store is not None:
+            cache.store(settings.store, job.key, results)
         done(job)
 
     cleanups: list[asyncio.Task[None]] = []  # kernels being stopped in the background
@@ -219,6 +235,11 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
         servers.close()
 
 
+def _all_failed(session: Session, kind: str, message: str) -> tuple[SnippetResult, ...]:
+    return tuple(SnippetResult(s, session.env, "failed", error=ErrorInfo(kind, message, s.line))
+                 for s in session.snippets)
+
+
 def _preload(spec: EnvSpec, jobs: list[_Job]) -> list[str]:
     """The env's preload modules that at least two of this run's sessions import: imported
     once for them all; no session waits for a module that at most one of them needs."""
@@ -226,10 +247,6 @@ def _preload(spec: EnvSpec, jobs: list[_Job]) -> list[str]:
                       for name in {n for s in job.session.snippets
                                    for n in plan.third_party_imports(s.code)})
     return [module for module in spec.preload if imports[module.split(".")[0]] > 1]
-
-
-def _env_error(error: EnvError, line: int) -> ErrorInfo:
-    return ErrorInfo("EnvError", error.message, line)
 
 
 def _finish(item: _Work, write: bool, options: RenderOptions, config: Config) -> PostOutcome:
@@ -380,6 +397,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",
                         help="run only the K-th of N slices of the posts")
+    parser.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+                        help="the whole run's limit: sessions still running then fail")
     parser.add_argument("--no-warm", action="store_true",
                         help="start every kernel from scratch instead of forking a warm one")
     parser.add_argument("--check-determinism", action="store_true",

@@ -61,11 +61,13 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
                       kernels_dir: Path | None = None,
                       cleanups: list[asyncio.Task[None]] | None = None,
                       variables: Mapping[str, str] | None = None,
+                      deadline: tuple[float, float] | None = None,
                       ) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own. With
     `cleanups`, stopping the kernel and removing its scratch folder go on in a task added there
-    (the caller awaits them all), so the next session need not wait for it."""
+    (the caller awaits them all), so the next session need not wait for it. `deadline` is
+    the run's (time.monotonic() by which it ends, its length in seconds): cells end by it."""
     results: list[SnippetResult] = []
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
     sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-"))
@@ -77,6 +79,7 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
         notebook = session_notebook(session)
         client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir,
                                   sockets)
+        kernel.deadline = deadline
         variables = dict(variables if variables is not None else kernel_env(env))
         variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
             {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
@@ -139,13 +142,20 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
 async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
                     cell: NotebookNode, index: int) -> SnippetResult:
     started = time.monotonic()
+    limit = float(snippet.markers.timeout or client.timeout or 0)
+    # The whole run's deadline: a cell ends by it too.
+    deadline: tuple[float, float] | None = getattr(client, "deadline", None)
+    bound = deadline is not None and deadline[0] - started < limit
+    if bound and deadline is not None:
+        limit = max(deadline[0] - started, 0.001)
+    cell.metadata["runner"]["timeout"] = limit
     try:
         await client.async_execute_cell(cell, index)
     except CellTimeoutError:
-        limit = snippet.markers.timeout or client.timeout
-        raise _Stop(_failed(snippet, session.env, "TimeoutError",
-                            f"timed out after {limit:g} s", None,
-                            time.monotonic() - started)) from None
+        message = (f"the run's deadline of {deadline[1]:g} s was reached" if bound and deadline
+                   else f"timed out after {limit:g} s")
+        raise _Stop(_failed(snippet, session.env, "DeadlineError" if bound else "TimeoutError",
+                            message, None, time.monotonic() - started)) from None
     except DeadKernelError:
         raise _Stop(_failed(snippet, session.env, "DeadKernelError",
                             f"the kernel died while running this snippet ({_death(client)})",
@@ -266,8 +276,8 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
     manager.transport = "ipc"
     manager.ip = str(sockets / "kernel")
 
-    def cell_timeout(cell: NotebookNode) -> int:
-        return int(cell.metadata.get("runner", {}).get("timeout") or timeout)
+    def cell_timeout(cell: NotebookNode) -> float:
+        return float(cell.metadata.get("runner", {}).get("timeout") or timeout)
 
     return _Client(notebook, km=manager, kernel_name=env.kernel_name, timeout=int(timeout),
                    timeout_func=cell_timeout, allow_errors=True, record_timing=False,
@@ -275,6 +285,8 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
 
 
 class _Client(NotebookClient):
+    deadline: tuple[float, float] | None = None
+
     """nbclient's client with a quicker readiness check. jupyter_client's `wait_for_ready` ends
     by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon
     as its reply to `kernel_info` has come and iopub has carried that request's status (which
