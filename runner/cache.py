@@ -11,6 +11,7 @@ cannot be read back is deleted with a warning and the session runs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -28,13 +29,23 @@ from runner.model import EnvSpec, Output, Part, Session, SnippetResult
 FORMAT = 1
 
 
-def session_key(session: Session, env: EnvSpec, timeout: float) -> str:
+def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = "") -> str:
+    """`beside`: a digest of the files beside the post, which its snippets may read."""
     recipe = {
+        "beside": beside,
         "format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
         "timeout": timeout, "kernel_env": env.kernel_env, "network": session.network,
         "snippets": [[s.code, s.hidden, asdict(s.markers)] for s in session.snippets],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def digest(paths: Sequence[Path]) -> str:
+    hashed = hashlib.sha256()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            hashed.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return hashed.hexdigest()
 
 
 def load(folder: Path, key: str, session: Session,

@@ -19,7 +19,7 @@ from pathlib import Path
 from runner import __version__, cache, envs, markdown, notebooks, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
-from runner.execute import kernel_env, run_session
+from runner.execute import files_beside, kernel_env, run_session
 from runner.images import same_picture
 from runner.model import EnvSpec, ErrorInfo, Output, Post, Session, SnippetResult
 from runner.progress import RunProgress
@@ -128,9 +128,13 @@ def _cache_lookup(work: list[_Work], config: Config, timeout: float,
                   read: bool) -> list[_Job]:
     """Results of cached sessions go straight to their post; the rest are jobs to run."""
     jobs = []
+    beside: dict[Path, str] = {}
     for item in work:
+        folder = item.path.parent
+        if item.sessions and folder not in beside:
+            beside[folder] = cache.digest(files_beside(folder))
         for session in item.sessions:
-            key = cache.session_key(session, config.envs[session.env], timeout)
+            key = cache.session_key(session, config.envs[session.env], timeout, beside[folder])
             hit = cache.load(config.cache_dir, key, session, _say) if read else None
             if hit is None:
                 jobs.append(_Job(item, session, key))

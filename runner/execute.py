@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import contextlib
 import fnmatch
 import json
 import os
@@ -70,6 +71,7 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
     the run's (time.monotonic() by which it ends, its length in seconds): cells end by it."""
     results: list[SnippetResult] = []
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
+    copy_beside(Path(session.post).parent, scratch)
     sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-"))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
@@ -102,6 +104,31 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
         else:
             cleanups.append(cleanup)
     return tuple(results)
+
+
+BESIDE_MAX_BYTES = 10 * 2**20
+
+
+def files_beside(folder: Path) -> list[Path]:
+    """The files beside a post that its snippets see (data it reads: a CSV, a JSON): not posts,
+    folders, hidden or large files."""
+    found = []
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.iterdir()):
+            with contextlib.suppress(OSError):
+                if (path.is_file() and not path.name.startswith(".")
+                        and path.suffix not in (".md", ".markdown", ".mdx")
+                        and path.stat().st_size <= BESIDE_MAX_BYTES):
+                    found.append(path)
+    return found
+
+
+def copy_beside(folder: Path, scratch: Path) -> None:
+    """Copies, so a snippet finds them where its post is, and what it writes to them stays in
+    its scratch folder."""
+    for path in files_beside(folder):
+        with contextlib.suppress(OSError):
+            shutil.copy2(path, scratch / path.name)
 
 
 async def _stop(client: _Client | None, log: IO[str], scratch: Path, sockets: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from filelock import FileLock
 
 from runner.errors import PostError, UsageError
 
@@ -51,10 +54,17 @@ def read(path: Path) -> str:
 
 
 def replace(path: Path, old: str, new: str) -> None:
-    """Write `new` over the post in one rename, unless the post changed since it was read."""
-    if read(path) != old:
-        raise PostError("changed on disk while the runner ran: not written", path)
-    write_atomic(path, new.encode("utf-8"))
+    """Write `new` over the post in one rename, unless the post changed since it was read.
+    Compare and rename happen under a lock of this post's, so of two runs at once (two
+    terminals, CI and a hook) each writes what it read over, or nothing."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    with FileLock(Path(tempfile.gettempdir()) / f"runner-post-{key}.lock"):
+        current = read(path)
+        if current == new:
+            return  # another run wrote the same
+        if current != old:
+            raise PostError("changed on disk while the runner ran: not written", path)
+        write_atomic(path, new.encode("utf-8"))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
