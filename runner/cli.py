@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import difflib
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -231,6 +232,17 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
             cache.store(settings.store, job.key, results)
         done(job)
 
+    def stop(signum: int) -> None:
+        """Ctrl-C or SIGTERM: stop at once. Kernels and launchers see the runner go and end
+        themselves and their children; fork servers are ended here. No post is half-written:
+        posts are written only after all sessions, each in one rename."""
+        servers.close()
+        print(f"runner: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
     cleanups: list[asyncio.Task[None]] = []  # kernels being stopped in the background
     try:
         await asyncio.gather(*(one(job) for job in jobs))

@@ -20,7 +20,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from queue import Empty
 from typing import IO, Any
@@ -186,7 +186,7 @@ async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
     except DeadKernelError:
         raise _Stop(_failed(snippet, session.env, "DeadKernelError",
                             f"the kernel died while running this snippet ({_death(client)})",
-                            snippet.code_line,
+                            None,
                             time.monotonic() - started)) from None
     duration = time.monotonic() - started
     output = collect_output(cell.outputs)
@@ -313,6 +313,23 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
 
 class _Client(NotebookClient):
     deadline: tuple[float, float] | None = None
+
+    @contextlib.asynccontextmanager
+    async def async_setup_kernel(self, **kwargs: Any) -> AsyncIterator[None]:
+        """nbclient's, less its SIGINT/SIGTERM handlers and atexit hook: they would swallow a
+        signal meant for the whole run. The runner handles signals itself (cli)."""
+        cleanup_kc = kwargs.pop("cleanup_kc", self.owns_km)
+        if self.km is None:
+            self.km = self.create_kernel_manager()
+        if not self.km.has_kernel:
+            await self.async_start_new_kernel(**kwargs)
+        if self.kc is None:
+            await self.async_start_new_kernel_client()
+        try:
+            yield
+        finally:
+            if cleanup_kc:
+                await self._async_cleanup_kernel()
 
     """nbclient's client with a quicker readiness check. jupyter_client's `wait_for_ready` ends
     by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon

@@ -160,9 +160,11 @@ def _pids_cgroup_root() -> str | None:
 
 
 def plain(argv: list[str]) -> None:
-    """A kernel started from scratch, with the same limits as a forked one."""
+    """A kernel started from scratch, with the same limits as a forked one, that ends its
+    process group (itself and whatever it started) when the runner is gone."""
     apply_limits()
-    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
+    threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
+    _run_kernel(argv)
 
 
 def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
@@ -177,19 +179,24 @@ def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
-    sys.argv = ["ipykernel_launcher", *request["argv"]]
-    from ipykernel.kernelapp import IPKernelApp  # type: ignore[import-not-found]
-
-    IPKernelApp.launch_instance()
+    _run_kernel(request["argv"])
     os._exit(0)
 
 
-def _watch(launcher: int) -> None:
-    """End this kernel and its process group when the launcher that stands for it is gone."""
+def _run_kernel(argv: list[str]) -> None:
+    sys.argv = ["ipykernel_launcher", *argv]
+    from ipykernel.kernelapp import IPKernelApp  # type: ignore[import-not-found]
+
+    IPKernelApp.launch_instance()
+
+
+def _watch(parent: int) -> None:
+    """End this kernel and its process group when the process that stands for it (the
+    launcher, or the runner itself) is gone."""
     while True:
         time.sleep(0.2)
         try:
-            os.kill(launcher, 0)
+            os.kill(parent, 0)
         except ProcessLookupError:
             os.killpg(0, signal.SIGKILL)
 
