@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import jupytext
 
 from runner import __version__, cache, envs, markdown, notebooks, plan, posts, report
 from runner.config import Config, load
@@ -25,6 +29,7 @@ from runner.images import same_picture
 from runner.model import EnvSpec, ErrorInfo, Output, Post, Session, SnippetResult
 from runner.progress import RunProgress
 from runner.report import PostOutcome, Run
+from runner.sync import sync
 from runner.warm import ForkServers, network_isolation
 from runner.writeback import (
     FIGURE_GLOB,
@@ -43,11 +48,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "report":
+            return _merge(args)  # needs no project: CI merges reports anywhere
         config = load(Path.cwd())
         if args.command in ("verify", "update"):
             return _run(args, config)
         if args.command == "notebooks":
             return _notebooks(args, config)
+        if args.command == "sync":
+            return _sync(args)
+        if args.command == "kernels":
+            return _kernels(args, config)
         return _envs(args, config)
     except UsageError as exc:
         print(f"runner: {exc}", file=sys.stderr)
@@ -79,9 +90,10 @@ class _Job:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     started = time.monotonic()
-    work = [_Work(path) for path in _shard(_post_paths(args, config), args.shard)]
+    work = [_Work(path) for path in _post_paths(args, config)]
     for item in work:
         _parse_and_plan(item, config)
+    work = shard(work, args.shard)
     timeout = args.timeout or config.timeout
     read_cache = not (args.no_cache or args.check_determinism)
     jobs = _cache_lookup(work, config, timeout, read_cache)
@@ -118,6 +130,11 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     run = Run(outcomes, tuple(r for item in work for r in item.results),
               time.monotonic() - started)
     sys.stdout.write(report.terminal(run))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        sys.stdout.write(report.github_annotations(run))
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+            summary.write(report.step_summary(run))
     if args.report:
         report.write_json(run, Path(args.report))
     if args.junit_xml:
@@ -153,12 +170,25 @@ def _post_paths(args: argparse.Namespace, config: Config) -> list[Path]:
     return posts.find([Path(p) for p in args.paths] or [_relative(config.posts)])
 
 
-def _shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]:
-    """Shard K/N: every Nth post from the K-th, so N machines split the posts between them."""
-    if shard is None:
-        return paths
-    k, n = shard
-    return paths[k - 1::n]
+def shard(work: list[_Work], part: tuple[int, int] | None) -> list[_Work]:
+    """Shard K/N: a deterministic, size-balanced slice. A post's sessions stay together (its
+    staleness needs all of them); posts, heaviest first (runnable snippets, then path), each go
+    to the lightest of N shards, so N machines of a CI matrix get about the same work."""
+    if part is None:
+        return work
+    k, n = part
+    loads = [0] * n
+    chosen: dict[int, int] = {}
+    for item in sorted(work, key=lambda i: (-_weight(i), str(i.path))):
+        target = min(range(n), key=lambda index: (loads[index], index))
+        loads[target] += _weight(item)
+        chosen[id(item)] = target
+    return [item for item in work if chosen[id(item)] == k - 1]
+
+
+def _weight(item: _Work) -> int:
+    return 1 + sum(s.markers.skip is None for session in item.sessions
+                   for s in session.snippets)
 
 
 def _parse_and_plan(item: _Work, config: Config) -> None:
@@ -352,8 +382,66 @@ def _notebooks(args: argparse.Namespace, config: Config) -> int:
             continue
         for session in sessions:
             target = out / notebooks.author_notebook_name(session)
-            notebooks.write(notebooks.author_notebook(session), target)
-            print(target)
+            for written in notebooks.write_author_notebook(
+                    notebooks.author_notebook(post, session), target):
+                print(written)
+    return status
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """`report merge A.json B.json --out all.json`: the shards' reports as one."""
+    try:
+        reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports]
+        merged = report.merge(reports)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot merge the reports: {exc}") from exc
+    Path(args.out).write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return EXIT_FAILED if merged["summary"]["failed"] or any(
+        p["status"] != "passed" for p in merged["posts"]) else EXIT_OK
+
+
+def _kernels(args: argparse.Namespace, config: Config) -> int:
+    """`kernels install`: each env, built if needed, as a Jupyter kernel of the user's
+    ("runner: sklearn"), so JupyterLab and VS Code open the snippets/ notebooks in it."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    manager = KernelSpecManager()
+    for name in args.names or sorted(config.envs):
+        if name not in config.envs:
+            raise UsageError(f"unknown environment '{name}'")
+        built = envs.build(config.envs[name], say=_say)
+        where = manager.install_kernel_spec(str(built.kernels_dir / built.kernel_name),
+                                            kernel_name=built.kernel_name, user=True)
+        print(f"{built.kernel_name}: {where}")
+    return EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    """Code edited in author notebooks -> the fences it came from."""
+    status = EXIT_OK
+    by_post: dict[str, list[Any]] = {}
+    for path in args.notebooks:
+        try:
+            book = jupytext.read(path)
+        except Exception as exc:
+            raise UsageError(f"cannot read the notebook: {exc}", path) from exc
+        for cell in book.cells:
+            post = cell.get("metadata", {}).get("runner", {}).get("post")
+            if cell.cell_type == "code" and post:
+                by_post.setdefault(post, []).append(cell)
+    for post_path, cells in by_post.items():
+        path = Path(post_path)
+        try:
+            post = markdown.parse(post_path, posts.read(path))
+            text, changed = sync(post, cells)
+            if changed:
+                posts.replace(path, post.text, text)
+        except PostError as exc:
+            print(f"{exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        for line in changed:
+            print(f"{post_path}:{line}: code synced from the notebook")
     return status
 
 
@@ -394,6 +482,17 @@ def _parser() -> argparse.ArgumentParser:
     books = commands.add_parser("notebooks", help="write notebooks for authors")
     books.add_argument("paths", nargs="*", metavar="PATH")
     books.add_argument("--out", metavar="DIR", help="folder for the notebooks (default snippets/)")
+    back = commands.add_parser("sync", help="bring code edited in author notebooks back into "
+                                            "the posts")
+    back.add_argument("notebooks", nargs="+", metavar="NOTEBOOK",
+                      help="snippets/*.ipynb, or their py:percent twins")
+    merge = commands.add_parser("report", help="merge the JSON reports of shards")
+    merge.add_argument("action", choices=("merge",))
+    merge.add_argument("reports", nargs="+", metavar="REPORT")
+    merge.add_argument("--out", required=True, metavar="FILE")
+    kernels = commands.add_parser("kernels", help="register the envs as Jupyter kernels")
+    kernels.add_argument("action", choices=("install",))
+    kernels.add_argument("names", nargs="*", metavar="NAME")
     env = commands.add_parser("envs", help="list, build or lock the pinned environments")
     env.add_argument("action", nargs="?", choices=("list", "build", "lock"), default="list")
     env.add_argument("names", nargs="*", metavar="NAME")

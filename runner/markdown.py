@@ -62,6 +62,7 @@ class _Found:
     hidden: bool
     anchor: int
     prefix_line: int  # the post line whose container prefix output lines take
+    start: int  # the first line of its source: the fence, or the hidden block's opener
 
 
 def _fences(path: str, lines: list[str], tokens: list[Token]) -> Iterator[_Found]:
@@ -73,14 +74,16 @@ def _fences(path: str, lines: list[str], tokens: list[Token]) -> Iterator[_Found
             mdx_open, pending = token, []
         elif text == MDX_HIDDEN_CLOSE and mdx_open is not None and token.map:
             _one_per_hidden_block(path, pending, 0)
-            yield from (_Found(f, 0, True, token.map[1], token.map[1] - 1) for f in pending)
+            opened = (mdx_open.map or [0])[0]
+            yield from (_Found(f, 0, True, token.map[1], token.map[1] - 1, opened)
+                        for f in pending)
             mdx_open = None
         elif token.type == "fence" and token.map and _language(token.info) in PYTHON_LANGUAGES:
             _check_closed(path, lines, token, 0)
             if mdx_open is not None:
                 pending.append(token)
             else:
-                yield _Found(token, 0, False, token.map[1], token.map[1] - 1)
+                yield _Found(token, 0, False, token.map[1], token.map[1] - 1, token.map[0])
         elif token.type == "html_block" and token.map and _is_hidden(token.content):
             yield from _hidden(path, lines, token)
     if mdx_open is not None:
@@ -100,7 +103,7 @@ def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:
     _one_per_hidden_block(path, fences, start + 1)
     for token in fences:
         _check_closed(path, lines, token, start + 1)
-        yield _Found(token, start + 1, True, end, end - 1)
+        yield _Found(token, start + 1, True, end, end - 1, start)
 
 
 def _one_per_hidden_block(path: str, fences: list[Token], offset: int) -> None:
@@ -124,6 +127,7 @@ def _snippet(path: str, lines: list[str], found: _Found, parts: dict[int, int]) 
         anchor=found.anchor,
         prefix=prefix,
         output=_output_region(lines, found.anchor, parts),
+        start=found.start,
     )
 
 
@@ -161,6 +165,31 @@ def _content(lines: list[str], index: int) -> str | None:
     if index >= len(lines):
         return None
     return _strip_end(lines[index]).lstrip(" \t>").strip()
+
+
+def recorded_output(post: Post, snippet: Snippet) -> list[tuple[str, str]]:
+    """What the post records as the snippet's output: ("stdout" | "stderr", text) per fence."""
+    if snippet.output is None:
+        return []
+    lines = split_lines(post.text)[snippet.output.start:snippet.output.end]
+    found: list[tuple[str, str]] = []
+    fence: str | None = None
+    text: list[str] = []
+    for line in lines:
+        body = _strip_end(line)[len(snippet.prefix.rstrip()):].lstrip(" ") if snippet.prefix \
+            else _strip_end(line)
+        if fence is None:
+            words = body.split()
+            marker = next((OUTPUT_MARKERS[w] for w in words if w in OUTPUT_MARKERS), None)
+            if marker is not None and body.startswith("`"):
+                fence, text = body[:len(body) - len(body.lstrip("`"))], []
+                found.append((marker, ""))
+        elif body == fence:
+            found[-1] = (found[-1][0], "".join(text))
+            fence = None
+        else:
+            text.append(body + "\n")
+    return found
 
 
 def parse_markers(path: str, line: int, info: str) -> Markers:

@@ -43,6 +43,7 @@ class Snippet:
     anchor: int = 0  # 0-based line index where this snippet's output block goes
     prefix: str = ""  # what starts each line of the container (list indent, "> ")
     output: Region | None = None  # the runner-owned output block already in the post
+    start: int = 0  # 0-based first line of its source (the fence, or its hidden block's opener)
 
     @property
     def code_line(self) -> int:

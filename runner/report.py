@@ -115,3 +115,50 @@ def write_junit(results: Sequence[SnippetResult], path: Path) -> None:
         elif result.status == "skipped":
             ET.SubElement(case, "skipped", message=result.reason or "")
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """N shard reports -> one: posts and snippets together, in path and line order, and the
+    summary added up."""
+    posts = sorted((p for r in reports for p in r["posts"]), key=lambda p: p["path"])
+    snippets = sorted((s for r in reports for s in r["snippets"]),
+                      key=lambda s: (s["post"], s["line"]))
+    keys = ("passed", "failed", "skipped", "stale", "cached")
+    summary = {k: sum(r["summary"].get(k, 0) for r in reports) for k in keys}
+    return {"summary": summary, "posts": posts, "snippets": snippets}
+
+
+def github_annotations(run: Run) -> str:
+    """`::error file=...,line=...::` lines GitHub Actions turns into annotations on the diff."""
+    lines = []
+    for result in run.snippets:
+        if result.status == "failed" and result.error is not None:
+            line = result.error.post_line or result.snippet.line
+            lines.append(_annotation(result.snippet.path, line,
+                                     f"{result.error.type}: {result.error.message}"))
+    for post in run.posts:
+        if post.status == "error":
+            lines.append(_annotation(post.path, post.error_line or 1, post.error or "error"))
+        elif post.status == "stale":
+            lines.append(_annotation(post.path, 1, "recorded output is stale: run "
+                                     "`nox -s update-posts`"))
+    return "".join(line + "\n" for line in lines)
+
+
+def _annotation(path: str, line: int, message: str) -> str:
+    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::error file={path},line={line}::{escaped}"
+
+
+def step_summary(run: Run) -> str:
+    """A Markdown summary for $GITHUB_STEP_SUMMARY: totals, then a row per post."""
+    totals = run.summary()
+    rows = [f"| `{p.path}` | {p.status} | {p.error or ''} |" for p in run.posts]
+    failures = [f"- `{text}`" for r in run.snippets if (text := snippet_line(r))
+                and r.status == "failed"]
+    return "\n".join([
+        "## Posts verified by the runner", "",
+        ", ".join(f"**{n}** {k}" for k, n in totals.items()), "",
+        "| post | status | error |", "|---|---|---|", *rows, "",
+        *(["### Failures", "", *failures, ""] if failures else []),
+    ]) + "\n"

@@ -128,7 +128,8 @@ def test_notebooks_name_their_env(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     written = sorted(p.name for p in tmp_path.iterdir())
     stem = POST.stem
-    assert written == [f"{stem}.{env}.ipynb" for env in ("fastapi", "sklearn", "tensorflow")]
+    assert written == sorted(f"{stem}.{env}.{ext}" for env in ("fastapi", "sklearn", "tensorflow")
+                             for ext in ("ipynb", "py"))
     book = nbformat.read(tmp_path / f"{stem}.fastapi.ipynb", as_version=4)
     nbformat.validate(book)
     assert book.metadata.kernelspec.name == "runner-fastapi"

@@ -1,0 +1,51 @@
+"""An author's notebook -> the post: code edited in a snippets/ notebook (or its py:percent
+twin) goes back into exactly the fence it came from, as jupytext pairing does.
+
+Only code moves: prose is the post's and is never taken from a notebook. Each code cell carries
+the hash of the code it was made from; a cell whose code changed while the post's snippet also
+changed since is a conflict and is refused. Pure: `sync(post, cells)` returns the new text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from runner.errors import PostError
+from runner.markdown import split_lines
+from runner.model import Post
+from runner.notebooks import code_hash
+
+
+def sync(post: Post, cells: Iterable[Any]) -> tuple[str, list[int]]:
+    """The post with each edited cell's code in its fence, and the fence lines changed."""
+    lines = split_lines(post.text)
+    newline = next((line[len(line.rstrip("\r\n")):] for line in lines
+                    if line.endswith(("\n", "\r"))), "\n")
+    changed: list[int] = []
+    for cell in cells:
+        meta = cell.get("metadata", {}).get("runner")
+        if cell.get("cell_type") != "code" or not meta or meta.get("post") != post.path:
+            continue
+        code = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        if code_hash(code) == meta["code"]:
+            continue  # not edited in the notebook
+        number = int(meta["snippet"])
+        if not 1 <= number <= len(post.snippets):
+            raise PostError(f"the notebook's snippet {number} is not in the post any more "
+                            "(write the notebooks again)", post.path, meta.get("line"))
+        snippet = post.snippets[number - 1]
+        if code_hash(snippet.code) == code_hash(code):
+            continue  # already the post's code (synced before)
+        if code_hash(snippet.code) != meta["code"]:
+            raise PostError("this snippet changed in the post and in the notebook: not synced "
+                            "(merge by hand, then write the notebooks again)", post.path,
+                            snippet.line)
+        first = snippet.line  # the 0-based index of the first code line
+        count = snippet.code.count("\n")
+        prefix = snippet.prefix
+        lines[first:first + count] = [prefix + line + newline if line else
+                                      prefix.rstrip() + newline
+                                      for line in code.rstrip("\n").split("\n")]
+        changed.append(snippet.line)
+    return "".join(lines), changed
