@@ -203,10 +203,11 @@ def parse_markers(path: str, line: int, info: str) -> Markers:
         if not word.startswith(MARKER_PREFIX):
             continue
         key, _, value = word[len(MARKER_PREFIX):].partition("=")
-        if key not in {"skip", "raises", "env", "timeout"}:
+        if key not in {"skip", "raises", "env", "timeout", "parameters"}:
             raise PostError(f"unknown marker '{word}' (known: runner:skip, runner:raises=Error, "
-                            "runner:env=NAME, runner:timeout=SECONDS)", path, line)
-        if key != "skip" and not value:
+                            "runner:env=NAME, runner:timeout=SECONDS, runner:parameters)",
+                            path, line)
+        if key not in ("skip", "parameters") and not value:
             raise PostError(f"marker '{MARKER_PREFIX}{key}' needs a value", path, line)
         values[key] = value
     timeout = None
@@ -219,7 +220,7 @@ def parse_markers(path: str, line: int, info: str) -> Markers:
             raise PostError(f"runner:timeout must be a positive number of seconds, "
                             f"not '{values['timeout']}'", path, line)
     return Markers(skip=values.get("skip"), raises=values.get("raises"), env=values.get("env"),
-                   timeout=timeout)
+                   timeout=timeout, parameters="parameters" in values)
 
 
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:

@@ -21,6 +21,7 @@ class Markers:
     raises: str | None = None  # the exception type name the snippet is expected to raise
     env: str | None = None
     timeout: float | None = None
+    parameters: bool = False  # the post's parameters (papermill's "parameters" cell)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Session:
     env: str
     snippets: tuple[Snippet, ...]
     network: bool = False
+    overrides: tuple[tuple[str, str], ...] = ()  # parameter values given for this run
 
 
 @dataclass(frozen=True)

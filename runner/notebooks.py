@@ -12,6 +12,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from runner.markdown import recorded_output, split_lines
 from runner.model import Post, Session, Snippet
+from runner.parameters import injected
 
 
 def session_notebook(session: Session) -> NotebookNode:
@@ -101,7 +102,10 @@ def _cell(session: Session, index: int) -> NotebookNode:
         metadata["tags"] = ["raises-exception"]
     if snippet.markers.skip is not None:
         metadata["tags"] = ["skip-execution"]
-    return new_code_cell(source=cell_source(snippet), metadata=metadata)
+    if snippet.markers.parameters:
+        metadata["tags"] = ["parameters"]
+    return new_code_cell(source=cell_source(snippet) + injected(session, snippet),
+                         metadata=metadata)
 
 
 def is_doctest(code: str) -> bool:

@@ -217,8 +217,8 @@ class SnippetItem(pytest.Item):
             diff = post.stale()
             if diff is not None:
                 raise RunnerFailure(f"{post.label}: {STALE}", diff)
-        if result.status == "skipped":
-            pytest.skip(result.reason or "skipped")
+        if result.status == "skipped":  # reported at the post's line, as skip marks are
+            raise pytest.skip.Exception(result.reason or "skipped", _use_item_location=True)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> str | TerminalRepr:

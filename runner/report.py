@@ -22,6 +22,7 @@ class PostOutcome:
     error_line: int | None = None
     diff: str = ""  # recorded vs fresh output, for a stale post
     written: bool = False  # update wrote new output into the post
+    parameters: tuple[tuple[str, str], ...] = ()  # overridden for this run: not compared
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def post_line(post: PostOutcome) -> str:
         return f"{where}: error: {post.error}"
     if post.status == "stale":
         return f"{post.path}: stale: recorded output differs from a fresh run"
+    if post.parameters:
+        shown = ", ".join(f"{n}={v}" for n, v in post.parameters)
+        return f"{post.path}: {post.status} (parameters {shown}: output not compared)"
     return f"{post.path}: {post.status}" + (" (output written)" if post.written else "")
 
 
@@ -78,7 +82,8 @@ def to_json(run: Run) -> dict[str, Any]:
     return {
         "summary": run.summary(),
         "posts": [{"path": p.path, "status": p.status, "error": p.error,
-                   "error_line": p.error_line} for p in run.posts],
+                   "error_line": p.error_line, "parameters": dict(p.parameters)}
+                  for p in run.posts],
         "snippets": [_snippet_json(r) for r in run.snippets],
     }
 
