@@ -111,7 +111,7 @@ def test_markdown_is_collected_only_with_run_posts(project: pytest.Pytester) -> 
     without = project.runpytest(*PLUGIN, "posts/")
     assert without.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     # With it: the posts folder, and a Markdown file named on the command line.
-    listed = project.runpytest(*PLUGIN, "--run-posts", "--collect-only", "-q", "README.md", ".")
+    listed = project.runpytest(*PLUGIN, "--run-posts", "--collect-only", "-q", "README.md", "posts/")
     listed.stdout.fnmatch_lines(["README.md::line-3", "posts/failing.md::line-3",
                                  "posts/failing.md::line-7", "posts/failing.md::line-11",
                                  "4 tests collected*"])
