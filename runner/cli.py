@@ -41,15 +41,7 @@ from runner.progress import RunProgress
 from runner.report import PostOutcome, Run
 from runner.sync import sync
 from runner.warm import ForkServers, network_isolation
-from runner.writeback import (
-    FIGURE_GLOB,
-    RenderOptions,
-    figure_folder,
-    figures,
-    output_block,
-    render,
-    stamp,
-)
+from runner.writeback import RenderOptions, output_block, stamp_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -321,35 +313,18 @@ def _finish(item: _Work, write: bool, options: RenderOptions, config: Config) ->
         return PostOutcome(path, "passed", parameters=given)
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in item.results
                                   if r.status == "passed"}
-    fresh = stamp(render(item.post, outputs, options), _stamp_value(item.sessions, config))
-    folder = item.path.parent
-    pictures = {folder / rel: png for rel, png in figures(item.post, outputs).items()}
-    redrawn = [p for p, png in pictures.items()
-               if (old := posts.read_bytes(p)) is None or not same_picture(old, png)]
-    orphans = [p for p in sorted((folder / figure_folder(path)).glob(FIGURE_GLOB))
-               if p not in pictures]
-    if fresh == item.post.text and not redrawn and not orphans:
+    fresh = posts.freshen(item.path, item.post, outputs,
+                          stamp_value(item.sessions, config.envs), options)
+    if not fresh.differs(item.post.text):
         return PostOutcome(path, "passed")
     if not write:
-        notes = [f"figure {p}: {'missing or changed' if p in redrawn else 'no longer drawn'}\n"
-                 for p in [*redrawn, *orphans]]
-        return PostOutcome(path, "stale", diff=_diff(path, item.post.text, fresh) + "".join(notes))
+        return PostOutcome(path, "stale",
+                           diff=_diff(path, item.post.text, fresh.text) + fresh.notes())
     try:
-        for picture in redrawn:
-            posts.write_atomic(picture, pictures[picture])
-        for orphan in orphans:
-            orphan.unlink()
-        if fresh != item.post.text:
-            posts.replace(item.path, item.post.text, fresh)
+        posts.write_fresh(item.path, item.post.text, fresh)
     except (PostError, OSError) as exc:
         return PostOutcome(path, "error", str(exc))
     return PostOutcome(path, "passed", written=True)
-
-
-def _stamp_value(sessions: tuple[Session, ...], config: Config) -> str:
-    envs_used = sorted({s.env for s in sessions})
-    return f"runner {__version__}; " + ", ".join(
-        f"{env} {config.envs[env].lock_hash[:12]}" for env in envs_used)
 
 
 def _check_determinism(first: list[SnippetResult], second: list[SnippetResult],

@@ -5,12 +5,23 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from runner.errors import PostError, UsageError
+from runner.images import same_picture
+from runner.model import Output, Post
+from runner.writeback import (
+    FIGURE_GLOB,
+    RenderOptions,
+    figure_folder,
+    figures,
+    render,
+    stamp,
+)
 
 SUFFIXES = (".md", ".markdown", ".mdx")
 MAX_BYTES = 5 * 2**20  # a post larger than this is refused, not parsed
@@ -90,3 +101,43 @@ def read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A post as a fresh run renders it, against what is on disk."""
+
+    text: str
+    pictures: dict[Path, bytes]  # every figure the post links, as drawn now
+    redrawn: tuple[Path, ...]  # figures missing on disk or changed by their pixels
+    orphans: tuple[Path, ...]  # figure files beside the post that no snippet draws any more
+
+    def differs(self, old: str) -> bool:
+        return self.text != old or bool(self.redrawn or self.orphans)
+
+    def notes(self) -> str:
+        return "".join(f"figure {p}: missing or changed\n" for p in self.redrawn) + "".join(
+            f"figure {p}: no longer drawn\n" for p in self.orphans)
+
+
+def freshen(path: Path, post: Post, outputs: Mapping[int, Output], verified_by: str,
+            options: RenderOptions) -> Fresh:
+    """What `verify` compares and `update` writes: text, stamp, figures (pixels, not bytes)."""
+    text = stamp(render(post, outputs, options), verified_by)
+    folder = path.parent
+    pictures = {folder / rel: png for rel, png in figures(post, outputs).items()}
+    redrawn = tuple(p for p, png in pictures.items()
+                    if (old := read_bytes(p)) is None or not same_picture(old, png))
+    orphans = tuple(p for p in sorted((folder / figure_folder(str(path))).glob(FIGURE_GLOB))
+                    if p not in pictures)
+    return Fresh(text, pictures, redrawn, orphans)
+
+
+def write_fresh(path: Path, old: str, fresh: Fresh) -> None:
+    """The figures, then the post: each by one rename."""
+    for picture in fresh.redrawn:
+        write_atomic(picture, fresh.pictures[picture])
+    for orphan in fresh.orphans:
+        orphan.unlink()
+    if fresh.text != old:
+        replace(path, old, fresh.text)

@@ -22,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import difflib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from runner import __version__, markdown, plan, posts, report
+from runner import markdown, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, UsageError
 from runner.model import ErrorInfo, Output, Post, Session, Snippet, SnippetResult
+from runner.writeback import RenderOptions, stamp_value
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -121,36 +122,41 @@ class PostFile(pytest.File):
         return self._results
 
     def _run(self) -> list[SnippetResult]:
+        """The post's sessions (one per env), at once, each in its own kernel."""
         from runner import envs
         from runner.execute import kernel_env, run_session
         from runner.warm import ForkServers
 
         config = self.config.stash[_CONFIG]
-        built: dict[str, envs.BuiltEnv | EnvError] = {}
         servers = ForkServers()  # only for its kernelspecs: kernels with the runner's limits
-        results: list[SnippetResult] = []
+        built: dict[str, envs.BuiltEnv | EnvError] = {}
+        for name in sorted({session.env for session in self.sessions}):
+            try:
+                ready = envs.build(config.envs[name], say=_say)
+            except EnvError as exc:
+                built[name] = exc
+            else:
+                servers.plain(ready)
+                built[name] = ready
+
+        async def one(session: Session) -> Sequence[SnippetResult]:
+            env = built[session.env]
+            if isinstance(env, EnvError):
+                return _all_failed(session, "EnvError", env.message)
+            try:
+                return await run_session(session, env, config.timeout,
+                                         servers.kernels_dir(session.env),
+                                         variables=kernel_env(env, config.passenv))
+            except Exception as exc:  # run_session turns kernel trouble into results
+                return _all_failed(session, type(exc).__name__, str(exc))
+
+        async def run_all() -> list[Sequence[SnippetResult]]:
+            return await asyncio.gather(*(one(session) for session in self.sessions))
+
         try:
-            for session in self.sessions:
-                if session.env not in built:
-                    try:
-                        ready = envs.build(config.envs[session.env], say=_say)
-                        servers.plain(ready)
-                        built[session.env] = ready
-                    except EnvError as exc:
-                        built[session.env] = exc
-                env = built[session.env]
-                if isinstance(env, EnvError):
-                    results += _all_failed(session, "EnvError", env.message)
-                    continue
-                try:
-                    results += asyncio.run(run_session(
-                        session, env, config.timeout, servers.kernels_dir(session.env),
-                        variables=kernel_env(env, config.passenv)))
-                except Exception as exc:  # run_session turns kernel trouble into results
-                    results += _all_failed(session, type(exc).__name__, str(exc))
+            return [result for results in asyncio.run(run_all()) for result in results]
         finally:
             servers.close()
-        return results
 
     def stale(self) -> str | None:
         """None when the recorded output is what a fresh run renders, else a diff of the two
@@ -160,36 +166,21 @@ class PostFile(pytest.File):
         return self._stale[0] or None
 
     def _compare(self) -> str:
-        from runner.images import same_picture
-        from runner.writeback import (
-            FIGURE_GLOB,
-            RenderOptions,
-            figure_folder,
-            figures,
-            render,
-            stamp,
-        )
-
         assert self.post is not None
         config = self.config.stash[_CONFIG]
         outputs: dict[int, Output] = {line: r.output for line, r in self.results().items()
                                       if r.status == "passed"}
         options = RenderOptions(config.patterns, config.max_output_lines)
-        fresh = stamp(render(self.post, outputs, options), _stamp_value(self.sessions, config))
-        folder = self.path.parent
-        pictures = {folder / rel: png for rel, png in figures(self.post, outputs).items()}
-        redrawn = [p for p, png in pictures.items()
-                   if (old := posts.read_bytes(p)) is None or not same_picture(old, png)]
-        orphans = [p for p in sorted((folder / figure_folder(self.label)).glob(FIGURE_GLOB))
-                   if p not in pictures]
+        fresh = posts.freshen(Path(self.label), self.post, outputs,
+                              stamp_value(self.sessions, config.envs), options)
+        if not fresh.differs(self.post.text):
+            return ""
         diff = "".join(difflib.unified_diff(
-            self.post.text.splitlines(keepends=True), fresh.splitlines(keepends=True),
+            self.post.text.splitlines(keepends=True), fresh.text.splitlines(keepends=True),
             f"{self.label} (recorded)", f"{self.label} (fresh run)"))
-        notes = [f"figure {p}: {'missing or changed' if p in redrawn else 'no longer drawn'}\n"
-                 for p in [*redrawn, *orphans]]
-        if fresh != self.post.text and not diff:  # e.g. only a missing final newline
+        if fresh.text != self.post.text and not diff:  # e.g. only a missing final newline
             diff = "(the post's text differs from a fresh rendering)\n"
-        return diff + "".join(notes)
+        return diff + fresh.notes()
 
 
 class SnippetItem(pytest.Item):
@@ -255,12 +246,6 @@ class PostErrorItem(pytest.Item):
 def _all_failed(session: Session, kind: str, message: str) -> list[SnippetResult]:
     return [SnippetResult(s, session.env, "failed", error=ErrorInfo(kind, message, s.line))
             for s in session.snippets]
-
-
-def _stamp_value(sessions: tuple[Session, ...], config: Config) -> str:
-    """The `verified_by` value `update` writes (the same as `cli._stamp_value`)."""
-    return f"runner {__version__}; " + ", ".join(
-        f"{env} {config.envs[env].lock_hash[:12]}" for env in sorted({s.env for s in sessions}))
 
 
 def _say(text: str) -> None:

@@ -81,11 +81,17 @@ def terminal(run: Run) -> str:
 def to_json(run: Run) -> dict[str, Any]:
     return {
         "summary": run.summary(),
-        "posts": [{"path": p.path, "status": p.status, "error": p.error,
-                   "error_line": p.error_line, "parameters": dict(p.parameters)}
-                  for p in run.posts],
+        "posts": [_post_json(p) for p in run.posts],
         "snippets": [_snippet_json(r) for r in run.snippets],
     }
+
+
+def _post_json(post: PostOutcome) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": post.path, "status": post.status, "error": post.error,
+                            "error_line": post.error_line}
+    if post.parameters:  # only on runs that override parameters
+        data["parameters"] = dict(post.parameters)
+    return data
 
 
 def _snippet_json(result: SnippetResult) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
+from runner import __version__
 from runner.markdown import OUTPUT_END, OUTPUT_LABEL, split_lines
-from runner.model import Output, Post, Snippet
+from runner.model import EnvSpec, Output, Post, Session, Snippet
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _UNIT = r"(?:ns|µs|μs|us|ms|s|min)"  # IPython writes µ or μ by version
@@ -78,6 +79,12 @@ def render(post: Post, outputs: Mapping[int, Output],
 
 
 STAMP_KEY = "verified_by"
+
+
+def stamp_value(sessions: Sequence[Session], envs: Mapping[str, EnvSpec]) -> str:
+    """What verified the post: the runner's version and each env's lock hash."""
+    used = sorted({s.env for s in sessions})
+    return f"runner {__version__}; " + ", ".join(f"{e} {envs[e].lock_hash[:12]}" for e in used)
 
 
 def stamp(text: str, value: str) -> str:

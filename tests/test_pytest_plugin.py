@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner import envs
+from tests.conftest import run_cli
 
 pytest_plugins = ["pytester"]
 
@@ -98,6 +99,27 @@ def test_stale_recorded_output_fails_the_last_item_and_writes_nothing(
     assert (project.path / "posts" / "stale.md").read_text(encoding="utf-8") == STALE
 
 
+FIGURE = ("---\ntitle: A figure\n---\n\n" + fence(
+    "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nprint('drawn')"))
+
+
+@pytest.mark.kernel
+def test_what_update_writes_is_fresh_stamp_and_figures_included(
+        project: pytest.Pytester) -> None:
+    write(project, figure=FIGURE)
+    updated = run_cli("update", "posts/", "--no-cache", cwd=project.path)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    text = (project.path / "posts" / "figure.md").read_text(encoding="utf-8")
+    assert "verified_by:" in text and "figure/snippet-1-figure-1.png" in text
+    project.runpytest(*PLUGIN, "--run-posts").assert_outcomes(passed=1)
+    # A figure gone is stale, as `verify` says.
+    (project.path / "posts" / "figure" / "snippet-1-figure-1.png").unlink()
+    result = project.runpytest(*PLUGIN, "--run-posts")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["posts/figure.md: recorded output is stale*",
+                                 "figure posts/figure/snippet-1-figure-1.png: missing or changed"])
+
+
 def test_a_post_that_cannot_be_planned_is_one_failing_item(project: pytest.Pytester) -> None:
     write(project, bad="# Bad\n\n```python runner:env=nope\nx = 1\n```\n")
     result = project.runpytest(*PLUGIN, "--run-posts", "-v")
@@ -111,7 +133,8 @@ def test_markdown_is_collected_only_with_run_posts(project: pytest.Pytester) -> 
     without = project.runpytest(*PLUGIN, "posts/")
     assert without.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     # With it: the posts folder, and a Markdown file named on the command line.
-    listed = project.runpytest(*PLUGIN, "--run-posts", "--collect-only", "-q", "README.md", "posts/")
+    listed = project.runpytest(*PLUGIN, "--run-posts", "--collect-only", "-q",
+                               "README.md", "posts/")
     listed.stdout.fnmatch_lines(["README.md::line-3", "posts/failing.md::line-3",
                                  "posts/failing.md::line-7", "posts/failing.md::line-11",
                                  "4 tests collected*"])
