@@ -99,10 +99,6 @@ def compile_lock(spec_folder: Path, upgrade: bool = False) -> None:
     _run([_uv_bin(), *args, *(["--upgrade"] if upgrade else [])], spec_folder.name, spec_folder)
 
 
-def size_bytes(path: Path) -> int:
-    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink() and p.is_file())
-
-
 def _write_kernelspec(built: BuiltEnv) -> None:
     folder = built.kernels_dir / built.kernel_name
     folder.mkdir(parents=True, exist_ok=True)
