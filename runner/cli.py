@@ -322,8 +322,10 @@ def _finish(item: _Work, write: bool, options: RenderOptions, config: Config) ->
                            diff=_diff(path, item.post.text, fresh.text) + fresh.notes())
     try:
         posts.write_fresh(item.path, item.post.text, fresh)
-    except (PostError, OSError) as exc:
-        return PostOutcome(path, "error", str(exc))
+    except PostError as exc:
+        return PostOutcome(path, "error", exc.message, exc.line)
+    except OSError as exc:
+        return PostOutcome(path, "error", f"cannot write: {exc.strerror or exc}")
     return PostOutcome(path, "passed", written=True)
 
 
@@ -331,7 +333,10 @@ def _check_determinism(first: list[SnippetResult], second: list[SnippetResult],
                        options: RenderOptions) -> list[SnippetResult]:
     """A snippet whose output differs between two runs of the same code fails, with the lines."""
     checked = []
-    for a, b in zip(first, second, strict=True):
+    def by_line(results: list[SnippetResult]) -> list[SnippetResult]:
+        return sorted(results, key=lambda r: r.snippet.line)  # sessions end in any order
+
+    for a, b in zip(by_line(first), by_line(second), strict=True):
         if a.status == b.status == "passed":
             old = "".join(output_block(a.snippet, a.output, "\n", options))
             new = "".join(output_block(b.snippet, b.output, "\n", options))

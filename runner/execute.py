@@ -14,6 +14,7 @@ import base64
 import contextlib
 import fnmatch
 import json
+import math
 import os
 import re
 import shutil
@@ -169,7 +170,7 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
 async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
                     cell: NotebookNode, index: int) -> SnippetResult:
     started = time.monotonic()
-    limit = float(snippet.markers.timeout or client.timeout or 0)
+    limit = float(snippet.markers.timeout or getattr(client, "default_timeout", 0) or 0)
     # The whole run's deadline: a cell ends by it too.
     deadline: tuple[float, float] | None = getattr(client, "deadline", None)
     bound = deadline is not None and deadline[0] - started < limit
@@ -306,13 +307,22 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
     def cell_timeout(cell: NotebookNode) -> float:
         return float(cell.metadata.get("runner", {}).get("timeout") or timeout)
 
-    return _Client(notebook, km=manager, kernel_name=env.kernel_name, timeout=int(timeout),
-                   timeout_func=cell_timeout, allow_errors=True, record_timing=False,
-                   startup_timeout=120, shutdown_kernel="immediate")
+    client = _Client(notebook, km=manager, kernel_name=env.kernel_name,
+                     timeout=max(1, math.ceil(timeout)), timeout_func=cell_timeout,
+                     allow_errors=True, record_timing=False, startup_timeout=120,
+                     shutdown_kernel="immediate")
+    client.default_timeout = timeout
+    return client
 
 
 class _Client(NotebookClient):
+    """nbclient's client with a quicker readiness check. jupyter_client's `wait_for_ready` ends
+    by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon
+    as its reply to `kernel_info` has come and iopub has carried that request's status (which
+    proves the subscription is live). Until then it asks again, as jupyter_client does."""
+
     deadline: tuple[float, float] | None = None
+    default_timeout: float = 0.0  # nbclient's own `timeout` is a whole number of seconds
 
     @contextlib.asynccontextmanager
     async def async_setup_kernel(self, **kwargs: Any) -> AsyncIterator[None]:
@@ -331,10 +341,7 @@ class _Client(NotebookClient):
             if cleanup_kc:
                 await self._async_cleanup_kernel()
 
-    """nbclient's client with a quicker readiness check. jupyter_client's `wait_for_ready` ends
-    by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon
-    as its reply to `kernel_info` has come and iopub has carried that request's status (which
-    proves the subscription is live). Until then it asks again, as jupyter_client does."""
+
 
     async def async_start_new_kernel_client(self) -> Any:
         assert self.km is not None

@@ -58,7 +58,7 @@ def serve(path: str, modules: list[str]) -> None:
         if readable:
             connection, _ = server.accept()
             try:
-                pid = _fork_kernel(server, connection)
+                pid = _fork_kernel(server, connection, list(waiting.values()))
             except Exception as exc:  # a bad request ends that launcher, never the server
                 print(f"forkserver: request refused: {exc!r}", file=sys.stderr)
                 connection.close()
@@ -83,7 +83,8 @@ def _preload(name: str) -> None:
         print(f"forkserver: preloading {name} failed: {exc}", file=sys.stderr)
 
 
-def _fork_kernel(server: socket.socket, connection: socket.socket) -> int:
+def _fork_kernel(server: socket.socket, connection: socket.socket,
+                 others: list[socket.socket]) -> int:
     connection.settimeout(10)
     _, fds, _, _ = socket.recv_fds(connection, 1, 3)  # stdin, stdout, stderr of the launcher
     try:
@@ -99,8 +100,8 @@ def _fork_kernel(server: socket.socket, connection: socket.socket) -> int:
             os.close(fd)
         _send(connection, {"pid": pid})
         return pid
-    server.close()
-    connection.close()
+    for inherited in (server, connection, *others):  # other sessions' launchers are not ours
+        inherited.close()
     try:
         _become_kernel(request, fds)
     finally:
@@ -211,8 +212,9 @@ def launch(path: str, argv: list[str]) -> None:
         client.sendall(json.dumps(request).encode() + b"\n")
         reader = client.makefile("r")
         pid = json.loads(reader.readline())["pid"]
-    except (OSError, ValueError, KeyError):
-        os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
+    except (OSError, ValueError, KeyError):  # no server: a kernel from scratch, same limits
+        plain(argv)
+        return
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, lambda s, _frame: _forward(pid, s))
     threading.Thread(target=_orphaned, args=(pid, os.getppid()), daemon=True).start()

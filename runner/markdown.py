@@ -38,6 +38,25 @@ def split_lines(text: str) -> list[str]:
     return _LINE.findall(text)
 
 
+def newline(lines: list[str]) -> str:
+    """The post's line ending: that of its first line that has one."""
+    for line in lines:
+        if line.endswith("\r\n"):
+            return "\r\n"
+        if line.endswith(("\n", "\r")):
+            return line[-1]
+    return "\n"
+
+
+def body_start(lines: list[str]) -> int:
+    """The index of the first line after the front matter (0 when there is none)."""
+    if lines and _strip_end(lines[0]).lstrip("\ufeff") == "---":
+        for index in range(1, len(lines)):
+            if _strip_end(lines[index]) in ("---", "..."):
+                return index + 1
+    return 0
+
+
 def parse(path: str, text: str) -> Post:
     lines = split_lines(text)
     front_matter, body_start = _front_matter(path, lines)
@@ -176,8 +195,9 @@ def recorded_output(post: Post, snippet: Snippet) -> list[tuple[str, str]]:
     fence: str | None = None
     text: list[str] = []
     for line in lines:
-        body = _strip_end(line)[len(snippet.prefix.rstrip()):].lstrip(" ") if snippet.prefix \
-            else _strip_end(line)
+        body = _strip_end(line)
+        if snippet.prefix:  # the container's prefix, exactly as the runner wrote it
+            body = body[len(snippet.prefix):] if body.startswith(snippet.prefix) else ""
         if fence is None:
             words = body.split()
             marker = next((OUTPUT_MARKERS[w] for w in words if w in OUTPUT_MARKERS), None)

@@ -10,7 +10,7 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from runner.markdown import recorded_output, split_lines
+from runner.markdown import body_start, recorded_output, split_lines
 from runner.model import Post, Session, Snippet
 from runner.parameters import injected
 
@@ -28,7 +28,7 @@ def author_notebook(post: Post, session: Session) -> NotebookNode:
     cell remembers which snippet it is and the code it was made from, so `runner sync` can
     bring an edit back into exactly that fence, and refuse when the post changed too."""
     lines = split_lines(post.text)
-    cursor = _body_start(lines)
+    cursor = body_start(lines)
     ours = {s.line for s in session.snippets}
     cells = [new_markdown_cell(
         f"*Made by the runner from `{post.path}` for the pinned environment `{session.env}`. "
@@ -63,15 +63,6 @@ def _author_cell(post: Post, snippet: Snippet, number: int) -> NotebookNode:
     cell.outputs = [new_output("stream", name=name, text=text)
                     for name, text in recorded_output(post, snippet) if text]
     return cell
-
-
-def _body_start(lines: list[str]) -> int:
-    """The first line after the front matter (the front matter is the blog's, not prose)."""
-    if lines and lines[0].rstrip("\r\n").lstrip("\ufeff") == "---":
-        for index in range(1, len(lines)):
-            if lines[index].rstrip("\r\n") in ("---", "..."):
-                return index + 1
-    return 0
 
 
 def author_notebook_name(session: Session) -> str:

@@ -134,10 +134,11 @@ def freshen(path: Path, post: Post, outputs: Mapping[int, Output], verified_by: 
 
 
 def write_fresh(path: Path, old: str, fresh: Fresh) -> None:
-    """The figures, then the post: each by one rename."""
+    """The post (refused if it changed meanwhile: then no figure is touched), then its
+    figures: each by one rename."""
+    if fresh.text != old:
+        replace(path, old, fresh.text)
     for picture in fresh.redrawn:
         write_atomic(picture, fresh.pictures[picture])
     for orphan in fresh.orphans:
         orphan.unlink()
-    if fresh.text != old:
-        replace(path, old, fresh.text)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from runner.errors import PostError
-from runner.markdown import split_lines
+from runner.markdown import newline, split_lines
 from runner.model import Post
 from runner.notebooks import code_hash
 
@@ -20,9 +20,8 @@ from runner.notebooks import code_hash
 def sync(post: Post, cells: Iterable[Any]) -> tuple[str, list[int]]:
     """The post with each edited cell's code in its fence, and the fence lines changed."""
     lines = split_lines(post.text)
-    newline = next((line[len(line.rstrip("\r\n")):] for line in lines
-                    if line.endswith(("\n", "\r"))), "\n")
-    changed: list[int] = []
+    line_end = newline(lines)
+    edits: list[tuple[Any, str]] = []
     for cell in cells:
         meta = cell.get("metadata", {}).get("runner")
         if cell.get("cell_type") != "code" or not meta or meta.get("post") != post.path:
@@ -41,11 +40,15 @@ def sync(post: Post, cells: Iterable[Any]) -> tuple[str, list[int]]:
             raise PostError("this snippet changed in the post and in the notebook: not synced "
                             "(merge by hand, then write the notebooks again)", post.path,
                             snippet.line)
-        first = snippet.line  # the 0-based index of the first code line
+        if any(line.strip().startswith(("```", "~~~")) for line in code.split("\n")):
+            raise PostError("the notebook's code has a fence line (``` or ~~~), which would end "
+                            "the post's fence: not synced", post.path, snippet.line)
+        edits.append((snippet, code))
+    for snippet, code in sorted(edits, key=lambda edit: edit[0].line, reverse=True):
+        first = snippet.line  # the 0-based index of the first code line; later lines first
         count = snippet.code.count("\n")
         prefix = snippet.prefix
-        lines[first:first + count] = [prefix + line + newline if line else
-                                      prefix.rstrip() + newline
+        lines[first:first + count] = [prefix + line + line_end if line else
+                                      prefix.rstrip() + line_end
                                       for line in code.rstrip("\n").split("\n")]
-        changed.append(snippet.line)
-    return "".join(lines), changed
+    return "".join(lines), sorted(snippet.line for snippet, _ in edits)

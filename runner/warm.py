@@ -46,6 +46,7 @@ class ForkServers:
              *(env.spec.preload if preload is None else preload)],
             env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, start_new_session=True)
+        log.close()  # the server has its own
         spec = self.kernels_dir(name) / env.kernel_name
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({

@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
 from runner import __version__
-from runner.markdown import OUTPUT_END, OUTPUT_LABEL, split_lines
+from runner.markdown import OUTPUT_END, OUTPUT_LABEL, body_start, newline, split_lines
 from runner.model import EnvSpec, Output, Post, Session, Snippet
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -57,19 +57,19 @@ def render(post: Post, outputs: Mapping[int, Output],
     """The post with each snippet in `outputs` (keyed by fence line) given its output block."""
     options = options or RenderOptions()
     lines = split_lines(post.text)
-    newline = _newline(lines)
+    line_end = newline(lines)
     numbered = {s.line: n for n, s in enumerate(post.snippets, 1)}
     edits = sorted(((s, outputs[s.line]) for s in post.snippets if s.line in outputs),
                    key=lambda pair: pair[0].anchor, reverse=True)
     for snippet, output in edits:
         links = figure_links(post.path, numbered[snippet.line], output)
-        block = output_block(snippet, output, newline, options, links)
+        block = output_block(snippet, output, line_end, options, links)
         start, end = ((snippet.output.start, snippet.output.end) if snippet.output
                       else (snippet.anchor, snippet.anchor))
         if end == len(lines) and lines and not _ends_line(lines[-1]):
             # The post ends without a newline: so must it after the edit.
             if block and start == len(lines):  # inserting after that last line
-                lines[-1] += newline
+                lines[-1] += line_end
             if block:
                 block[-1] = block[-1].rstrip("\r\n")
             elif start > 0:  # removing the block that ended the post
@@ -84,6 +84,8 @@ STAMP_KEY = "verified_by"
 def stamp_value(sessions: Sequence[Session], envs: Mapping[str, EnvSpec]) -> str:
     """What verified the post: the runner's version and each env's lock hash."""
     used = sorted({s.env for s in sessions})
+    if not used:
+        return ""  # nothing ran: nothing to stamp
     return f"runner {__version__}; " + ", ".join(f"{e} {envs[e].lock_hash[:12]}" for e in used)
 
 
@@ -91,18 +93,17 @@ def stamp(text: str, value: str) -> str:
     """The front matter's `verified_by` line set to `value`: replaced in place, or added as the
     last line of the front matter. A post without front matter gets none; no other line moves."""
     lines = split_lines(text)
-    if not lines or lines[0].rstrip("\r\n").lstrip("\ufeff") != "---":
+    end = body_start(lines)  # the line after the closing `---`
+    if not end or not value:
         return text
     line = f"{STAMP_KEY}: {json.dumps(value)}"
-    for index in range(1, len(lines)):
+    for index in range(1, end - 1):
         body = lines[index].rstrip("\r\n")
-        if body in ("---", "..."):
-            lines.insert(index, line + _newline(lines))
-            return "".join(lines)
         if body.startswith(f"{STAMP_KEY}:"):
             lines[index] = line + lines[index][len(body):]
             return "".join(lines)
-    return text
+    lines.insert(end - 1, line + newline(lines))
+    return "".join(lines)
 
 
 def figures(post: Post, outputs: Mapping[int, Output]) -> dict[str, bytes]:
@@ -117,8 +118,10 @@ def figures(post: Post, outputs: Mapping[int, Output]) -> dict[str, bytes]:
 
 
 def figure_folder(post_path: str) -> str:
-    """Figures live beside the post, in a folder named after it: posts/x.md -> posts/x/."""
-    return PurePosixPath(post_path).stem
+    """Figures live beside the post, in a folder named after it: posts/x.md -> posts/x/
+    (posts/x.mdx -> posts/x-mdx/, so two posts never share one)."""
+    path = PurePosixPath(post_path)
+    return path.stem if path.suffix == ".md" else path.stem + path.suffix.replace(".", "-")
 
 
 FIGURE_GLOB = "snippet-*-figure-*.png"
@@ -130,19 +133,19 @@ def figure_links(post_path: str, number: int, output: Output) -> list[str]:
             for k in range(1, count + 1)]
 
 
-def output_block(snippet: Snippet, output: Output, newline: str = "\n",
+def output_block(snippet: Snippet, output: Output, line_end: str = "\n",
                  options: RenderOptions | None = None, links: Sequence[str] = ()) -> list[str]:
     """The lines of a snippet's output block (none when it printed nothing)."""
     options = options or RenderOptions()
     parts = [lines for lines in _parts(output, options, links) if lines]
     if not parts:
         return []
-    prefix, blank = snippet.prefix, snippet.prefix.rstrip() + newline
-    block = [blank, prefix + OUTPUT_LABEL + newline]
+    prefix, blank = snippet.prefix, snippet.prefix.rstrip() + line_end
+    block = [blank, prefix + OUTPUT_LABEL + line_end]
     for part in parts:
         block.append(blank)
-        block += [(prefix + line).rstrip() + newline if line else blank for line in part]
-    return [*block, blank, prefix + OUTPUT_END + newline]
+        block += [(prefix + line).rstrip() + line_end if line else blank for line in part]
+    return [*block, blank, prefix + OUTPUT_END + line_end]
 
 
 def _parts(output: Output, options: RenderOptions, links: Sequence[str]) -> list[list[str]]:
@@ -150,7 +153,8 @@ def _parts(output: Output, options: RenderOptions, links: Sequence[str]) -> list
     parts: list[list[str]] = []
     for part in output.all_parts():
         if part.kind == "image":
-            alt = part.text.strip("<>") or "figure"
+            alt = re.sub(r"[\[\]\\\s]+", " ", normalize(part.text, options.patterns))
+            alt = alt.strip("<> ") or "figure"
             parts.append([f"![{alt}]({next(images)})"])
         elif part.kind == "table" and (table := markdown_table(part.html, options.patterns)):
             parts.append(table)
@@ -223,17 +227,6 @@ class _TableReader(HTMLParser):
 
 def _longest_backtick_run(text: str) -> int:
     return max((len(run) for run in re.findall(r"`+", text)), default=0)
-
-
-def _newline(lines: list[str]) -> str:
-    for line in lines:
-        if line.endswith("\r\n"):
-            return "\r\n"
-        if line.endswith("\n"):
-            return "\n"
-        if line.endswith("\r"):
-            return "\r"
-    return "\n"
 
 
 def _ends_line(line: str) -> bool:

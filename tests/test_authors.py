@@ -149,3 +149,43 @@ def test_annotations_and_summary_name_the_post_line() -> None:
     summary = step_summary(run)
     assert "| `posts/y.md` | error | invalid YAML front matter |" in summary
     assert "posts/x.md:135: NameError" in summary
+
+
+def test_two_edits_in_one_notebook_land_in_their_own_fences() -> None:
+    text = "```python\na = 1\n```\n\ntext\n\n```python\nb = 2\n```\n"
+    post = parse("p.md", text)
+    cells = [{"cell_type": "code", "source": source,
+              "metadata": {"runner": {"post": "p.md", "line": s.line, "snippet": n,
+                                      "code": code_hash(s.code)}}}
+             for n, (s, source) in enumerate(zip(post.snippets, ["a = 1\nprint(a)\nprint(a * 2)",
+                                                                  "b = 3"], strict=True), 1)]
+    new, changed = sync(post, cells)
+    assert new == ("```python\na = 1\nprint(a)\nprint(a * 2)\n```\n\ntext\n\n"
+                   "```python\nb = 3\n```\n")
+    assert changed == [1, 7]
+
+
+def test_code_that_would_close_the_fence_is_refused() -> None:
+    post = parse("p.md", "```python\na = 1\n```\n")
+    [snippet] = post.snippets
+    cell = {"cell_type": "code", "source": "a = 2\n```\nprose?",
+            "metadata": {"runner": {"post": "p.md", "line": 1, "snippet": 1,
+                                    "code": code_hash(snippet.code)}}}
+    try:
+        sync(post, [cell])
+    except Exception as exc:
+        assert "fence line" in str(exc) and str(exc).startswith("p.md:1:")
+    else:
+        raise AssertionError("a fence line must not be synced into the post")
+
+
+def test_determinism_check_pairs_snippets_by_line_not_by_finish_order() -> None:
+    from runner.cli import _check_determinism
+    from runner.model import Output
+    from runner.writeback import RenderOptions
+
+    post = parse("p.md", "```python\nprint(1)\n```\n\n```python\nprint(2)\n```\n")
+    one, two = (SnippetResult(s, "sklearn", "passed", Output(f"{n}\n"))
+                for n, s in enumerate(post.snippets, 1))
+    checked = _check_determinism([one, two], [two, one], RenderOptions())
+    assert [r.status for r in checked] == ["passed", "passed"]

@@ -414,3 +414,29 @@ def _recorded_outputs(post: Post) -> dict[int, Output]:
     """The outputs a post records, read back from its blocks."""
     tokens = MarkdownIt("commonmark").parse(post.text.replace("\r\n", "\n"))
     return {s.line: Output(*_read_back(tokens, s.output)) for s in post.snippets if s.output}
+
+
+def test_figure_alt_text_is_normalized_and_found_again() -> None:
+    from runner.model import Part
+
+    post = parse("p.md", "```python\nx\n```\n")
+    odd = Output(parts=(Part("image", "<Matrix([[1, 2]]) at 0x7F3A2B1C0D90>", png=b"png"),))
+    once = render(post, {1: odd})
+    assert "![Matrix( 1, 2 ) at 0x...](p/snippet-1-figure-1.png)" in once
+    again = parse("p.md", once)
+    assert again.snippets[0].output is not None
+    assert render(again, {1: odd}) == once
+
+
+def test_figure_folders_of_md_and_mdx_posts_differ() -> None:
+    from runner.writeback import figure_folder
+
+    assert figure_folder("posts/x.md") == "x"
+    assert figure_folder("posts/x.mdx") == "x-mdx" != figure_folder("posts/x.markdown")
+
+
+def test_a_post_with_nothing_run_gets_no_stamp() -> None:
+    from runner.writeback import stamp, stamp_value
+
+    text = "---\ntitle: prose only\n---\n\nNo code.\n"
+    assert stamp_value([], {}) == "" and stamp(text, "") == text
