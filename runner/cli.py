@@ -262,7 +262,8 @@ async def _execute(jobs: list[_Job], built: dict[str, envs.BuiltEnv | EnvError],
                             else (settings.deadline, settings.deadline_s))
                 results = await run_session(session, env, settings.timeout,
                                             servers.kernels_dir(session.env), cleanups,
-                                            kernel_env(env, settings.passenv), deadline)
+                                            kernel_env(env, settings.passenv), deadline,
+                                            servers.folder)
         job.item.results += results
         if settings.store is not None:
             cache.store(settings.store, job.key, results)

@@ -64,16 +64,19 @@ async def run_session(session: Session, env: BuiltEnv, timeout: float,
                       cleanups: list[asyncio.Task[None]] | None = None,
                       variables: Mapping[str, str] | None = None,
                       deadline: tuple[float, float] | None = None,
+                      workspace: Path | None = None,
                       ) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own. With
     `cleanups`, stopping the kernel and removing its scratch folder go on in a task added there
     (the caller awaits them all), so the next session need not wait for it. `deadline` is
-    the run's (time.monotonic() by which it ends, its length in seconds): cells end by it."""
+    the run's (time.monotonic() by which it ends, its length in seconds): cells end by it.
+    `workspace` is the folder the session's scratch and socket folders go in (the run's own,
+    removed with it even when the run is stopped by a signal)."""
     results: list[SnippetResult] = []
-    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=workspace))
     copy_beside(Path(session.post).parent, scratch)
-    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-"))
+    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-", dir=workspace))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115

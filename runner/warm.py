@@ -29,7 +29,7 @@ START_TIMEOUT = 120.0
 
 class ForkServers:
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="runner-warm-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="runner-run-"))  # all of the run's own files
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, env: BuiltEnv, variables: Mapping[str, str],
