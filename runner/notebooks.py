@@ -47,6 +47,8 @@ def author_notebook(post: Post, session: Session) -> NotebookNode:
     tail = "".join(lines[cursor:]).strip("\r\n")
     if tail.strip():
         cells.append(new_markdown_cell(tail.replace("\r\n", "\n")))
+    for index, cell in enumerate(cells):  # stable ids: the same post gives the same file
+        cell.id = hashlib.sha256(f"{index}\0{cell.source}".encode()).hexdigest()[:12]
     return new_notebook(cells=cells, metadata=_metadata(session))
 
 
