@@ -189,3 +189,10 @@ def test_determinism_check_pairs_snippets_by_line_not_by_finish_order() -> None:
                 for n, s in enumerate(post.snippets, 1))
     checked = _check_determinism([one, two], [two, one], RenderOptions())
     assert [r.status for r in checked] == ["passed", "passed"]
+
+
+def test_author_notebooks_are_reproducible() -> None:
+    post = parse(str(POST), POST.read_text())
+    [session] = [s for s in plan(post, ENVS) if s.env == "fastapi"]
+    first, second = (nbformat.writes(author_notebook(post, session)) for _ in range(2))
+    assert first == second
