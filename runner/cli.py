@@ -341,7 +341,7 @@ def _check_determinism(first: list[SnippetResult], second: list[SnippetResult],
         if a.status == b.status == "passed":
             old = "".join(output_block(a.snippet, a.output, "\n", options))
             new = "".join(output_block(b.snippet, b.output, "\n", options))
-            pictures = zip(_pngs(a.output), _pngs(b.output), strict=False)
+            pictures = zip(a.output.images(), b.output.images(), strict=False)
             if old != new or not all(same_picture(x, y) for x, y in pictures):
                 lines = [f"{x!r} then {y!r}" for x, y in zip(old.splitlines(), new.splitlines(),
                                                                 strict=False) if x != y]
@@ -352,10 +352,6 @@ def _check_determinism(first: list[SnippetResult], second: list[SnippetResult],
                             error=ErrorInfo("Nondeterministic", message, a.snippet.line, diff))
         checked.append(a)
     return checked
-
-
-def _pngs(output: Output) -> list[bytes]:
-    return [p.png for p in output.all_parts() if p.kind == "image"]
 
 
 def _diff(path: str, old: str, new: str) -> str:

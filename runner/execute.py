@@ -34,6 +34,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
 from runner.envs import BuiltEnv
+from runner.markdown import POST_SUFFIXES
 from runner.model import ErrorInfo, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
 
@@ -121,7 +122,7 @@ def files_beside(folder: Path) -> list[Path]:
         for path in sorted(folder.iterdir()):
             with contextlib.suppress(OSError):
                 if (path.is_file() and not path.name.startswith(".")
-                        and path.suffix not in (".md", ".markdown", ".mdx")
+                        and path.suffix not in POST_SUFFIXES
                         and path.stat().st_size <= BESIDE_MAX_BYTES):
                     found.append(path)
     return found

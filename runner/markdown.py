@@ -19,6 +19,7 @@ from markdown_it.token import Token
 from runner.errors import PostError
 from runner.model import Markers, Post, Region, Snippet
 
+POST_SUFFIXES = (".md", ".markdown", ".mdx")  # the files that are posts
 PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
 MARKER_PREFIX = "runner:"
 OUTPUT_MARKERS = {"runner:output": "stdout", "runner:stderr": "stderr"}

@@ -129,6 +129,10 @@ class Output:
             return self.parts
         return (Part("text", self.stdout),) if self.stdout else ()
 
+    def images(self) -> list[bytes]:
+        """The PNG bytes of its figures, in order."""
+        return [p.png for p in self.parts if p.kind == "image"]
+
 
 @dataclass(frozen=True)
 class SnippetResult:

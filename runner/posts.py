@@ -13,6 +13,7 @@ from filelock import FileLock
 
 from runner.errors import PostError, UsageError
 from runner.images import same_picture
+from runner.markdown import POST_SUFFIXES
 from runner.model import Output, Post
 from runner.writeback import (
     FIGURE_GLOB,
@@ -23,7 +24,7 @@ from runner.writeback import (
     stamp,
 )
 
-SUFFIXES = (".md", ".markdown", ".mdx")
+SUFFIXES = POST_SUFFIXES
 MAX_BYTES = 5 * 2**20  # a post larger than this is refused, not parsed
 
 

@@ -66,7 +66,8 @@ class ForkServers:
         return self.folder / name / "kernels"
 
     async def ready(self, name: str) -> None:
-        """Wait until the env's server accepts (its preloading done), or give up on it."""
+        """Wait until the env's server accepts (it has imported what every kernel needs; the
+        heavy modules follow between requests), or give up on it."""
         deadline = time.monotonic() + START_TIMEOUT
         socket_path = self.folder / f"{name}.sock"
         server = self._servers[name]

@@ -111,9 +111,8 @@ def figures(post: Post, outputs: Mapping[int, Output]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for number, snippet in enumerate(post.snippets, 1):
         if snippet.line in outputs:
-            images = [p for p in outputs[snippet.line].all_parts() if p.kind == "image"]
             links = figure_links(post.path, number, outputs[snippet.line])
-            found.update(zip(links, (p.png for p in images), strict=True))
+            found.update(zip(links, outputs[snippet.line].images(), strict=True))
     return found
 
 
@@ -128,7 +127,7 @@ FIGURE_GLOB = "snippet-*-figure-*.png"
 
 
 def figure_links(post_path: str, number: int, output: Output) -> list[str]:
-    count = sum(p.kind == "image" for p in output.all_parts())
+    count = len(output.images())
     return [f"{figure_folder(post_path)}/snippet-{number}-figure-{k}.png"
             for k in range(1, count + 1)]
 
