@@ -14,8 +14,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from runner import __version__
+from runner.atomic import write_atomic
 from runner.model import EnvSpec, Output, Part, Session, SnippetResult
 
 FORMAT = 1
@@ -67,17 +66,13 @@ def load(folder: Path, key: str, session: Session,
 
 
 def store(folder: Path, key: str, results: Sequence[SnippetResult]) -> None:
-    if any(r.status == "failed" or (r.status == "skipped" and r.snippet.markers.skip is None)
-           for r in results):
+    if any(r.status == "failed" or r.not_run_after is not None for r in results):
         return
     path = _entry(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({"key": key, "snippets": [_item(r) for r in results]})
     with FileLock(str(path) + ".lock"):
-        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(data)
-        os.replace(temp, path)
+        write_atomic(path, data.encode("utf-8"))
 
 
 def _entry(folder: Path, key: str) -> Path:

@@ -18,6 +18,7 @@ DEFAULT_TIMEOUT = 300.0
 CACHE_VARIABLE = "RUNNER_EXECUTION_CACHE"  # overrides [tool.runner] cache-dir (for CI caches)
 DEFAULT_MEMORY_MB = 4096  # per kernel, RLIMIT_DATA
 DEFAULT_PROCESSES = 256  # per kernel: its whole process tree
+DEFAULT_MAX_LINES = 200  # max-output-lines: longer text output is cut, with a marker line
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
 
 
@@ -30,7 +31,7 @@ class Config:
     import_names: dict[str, str]  # import name -> distribution, beyond the built-in table
     timeout: float
     patterns: tuple[tuple[re.Pattern[str], str], ...] = ()  # [[tool.runner.normalize]]
-    max_output_lines: int = 200
+    max_output_lines: int = DEFAULT_MAX_LINES
     cache_dir: Path = Path(".runner-cache")  # the execution cache
     passenv: tuple[str, ...] = ()  # more variables (or patterns) kernels may see
 
@@ -72,7 +73,7 @@ def load(start: Path) -> Config:
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
-    max_lines = table.get("max-output-lines", 200)
+    max_lines = table.get("max-output-lines", DEFAULT_MAX_LINES)
     if not isinstance(max_lines, int) or max_lines < 1:
         raise UsageError("[tool.runner] max-output-lines must be a positive integer", pyproject)
     return Config(

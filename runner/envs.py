@@ -26,6 +26,11 @@ CACHE_VARIABLE = "RUNNER_CACHE_DIR"
 _DONE = ".runner-built.json"
 
 
+def kernel_name(env_name: str) -> str:
+    """The name of the env's Jupyter kernel, in its kernelspecs and its notebooks."""
+    return f"runner-{env_name}"
+
+
 @dataclass(frozen=True)
 class BuiltEnv:
     spec: EnvSpec
@@ -37,7 +42,7 @@ class BuiltEnv:
 
     @property
     def kernel_name(self) -> str:
-        return f"runner-{self.spec.name}"
+        return kernel_name(self.spec.name)
 
     @property
     def kernels_dir(self) -> Path:
@@ -85,10 +90,29 @@ def _build(built: BuiltEnv, say: Callable[[str], None]) -> BuiltEnv:
         if "ipykernel" not in spec.distributions:
             say(f"environment '{spec.name}': ipykernel is not in its lock, installing it unpinned")
             _uv(spec, "pip", "install", "--quiet", "--python", str(built.python), "ipykernel")
-        _write_kernelspec(built)
+        write_kernelspec(built.kernels_dir / built.kernel_name,
+                         [str(built.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                         f"runner: {spec.name}",
+                         {"runner": {"env": spec.name, "lock_hash": spec.lock_hash}})
         (built.prefix / _DONE).write_text(json.dumps(
             {"env": spec.name, "lock_hash": spec.lock_hash, "python": sys.version.split()[0]}))
     return built
+
+
+def install_kernelspecs(specs: list[EnvSpec]) -> list[tuple[str, str]]:
+    """`kernels install`: each env, built if needed, as a Jupyter kernel of the user's
+    ("runner: sklearn"), so JupyterLab and VS Code open the snippets/ notebooks in it.
+    The kernel names and where each was installed."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    manager = KernelSpecManager()
+    installed = []
+    for spec in specs:
+        built = build(spec, say=lambda text: print(f"runner: {text}", file=sys.stderr))
+        where = manager.install_kernel_spec(str(built.kernels_dir / built.kernel_name),
+                                            kernel_name=built.kernel_name, user=True)
+        installed.append((built.kernel_name, where))
+    return installed
 
 
 def compile_lock(spec_folder: Path, upgrade: bool = False) -> None:
@@ -99,16 +123,16 @@ def compile_lock(spec_folder: Path, upgrade: bool = False) -> None:
     _run([_uv_bin(), *args, *(["--upgrade"] if upgrade else [])], spec_folder.name, spec_folder)
 
 
-def _write_kernelspec(built: BuiltEnv) -> None:
-    folder = built.kernels_dir / built.kernel_name
+def write_kernelspec(folder: Path, argv: list[str], display_name: str,
+                     metadata: dict[str, object] | None = None) -> Path:
+    """A Python kernelspec: `folder`/kernel.json (the folder is made), and its path."""
+    spec: dict[str, object] = {"argv": argv, "display_name": display_name, "language": "python"}
+    if metadata is not None:
+        spec["metadata"] = metadata
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "argv": [str(built.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": f"runner: {built.spec.name}",
-        "language": "python",
-        "metadata": {"runner": {"env": built.spec.name, "lock_hash": built.spec.lock_hash}},
-    }
-    (folder / "kernel.json").write_text(json.dumps(spec, indent=1))
+    path = folder / "kernel.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
 
 
 def _uv(spec: EnvSpec, *args: str) -> None:

@@ -21,7 +21,8 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 from typing import IO, Any
@@ -35,10 +36,10 @@ from nbformat import NotebookNode
 
 from runner.envs import BuiltEnv
 from runner.markdown import POST_SUFFIXES
-from runner.model import ErrorInfo, Output, Part, Session, Snippet, SnippetResult
+from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
+from runner.writeback import ANSI
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CELL_FILE = re.compile(r" \([^()]*\.py, line \d+\)$")
 # Evaluated in the kernel after a cell failed: the traceback's frames, the SyntaxError's place,
 # and IPython's map from each cell's compiled file name to its execution count.
@@ -60,55 +61,82 @@ class _Stop(Exception):
         self.result = result
 
 
-async def run_session(session: Session, env: BuiltEnv, timeout: float,
-                      kernels_dir: Path | None = None,
-                      cleanups: list[asyncio.Task[None]] | None = None,
-                      variables: Mapping[str, str] | None = None,
-                      deadline: tuple[float, float] | None = None,
-                      workspace: Path | None = None,
-                      ) -> tuple[SnippetResult, ...]:
+@dataclass(frozen=True)
+class KernelSetup:
+    """How a run starts its kernels: the same for all of its sessions."""
+
+    timeout: float  # seconds per snippet, unless its runner:timeout says otherwise
+    kernels_dir: Path | None = None  # holds the kernelspec to start (a warm one); None: the env's
+    variables: tuple[tuple[str, str], ...] | None = None  # the kernel's environment; None:
+    # `kernel_env(env)`
+    workspace: Path | None = None  # the run's own folder: scratch and sockets go in it, and
+    # go with it even when the run is stopped by a signal
+    stop_in_background: bool = False  # return before the kernel has ended (`kernels_stopped`)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The whole run's limit (--deadline): cells end by it."""
+
+    at: float  # time.monotonic() by which the run ends
+    seconds: float  # its length, for the message
+
+
+# Kernels being stopped in the background, so the next session need not wait for one to end.
+# A reference is kept until each is done (asyncio keeps only weak ones); `kernels_stopped()`
+# waits for them all.
+_stopping: set[asyncio.Task[None]] = set()
+
+
+async def kernels_stopped() -> None:
+    """Wait until every kernel `run_session` started has ended and its folders are gone."""
+    while _stopping:
+        await asyncio.gather(*_stopping, return_exceptions=True)
+
+
+async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
+                      deadline: Deadline | None = None) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
-    `kernels_dir` holds the kernelspec to start (a warm one); by default the env's own. With
-    `cleanups`, stopping the kernel and removing its scratch folder go on in a task added there
-    (the caller awaits them all), so the next session need not wait for it. `deadline` is
-    the run's (time.monotonic() by which it ends, its length in seconds): cells end by it.
-    `workspace` is the folder the session's scratch and socket folders go in (the run's own,
-    removed with it even when the run is stopped by a signal)."""
+    Then the kernel is stopped and its scratch folder removed: before this returns, or with
+    `setup.stop_in_background` in a task, so the next session need not wait for it."""
     results: list[SnippetResult] = []
-    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=workspace))
+    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=setup.workspace))
     copy_beside(Path(session.post).parent, scratch)
-    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-", dir=workspace))
+    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-", dir=setup.workspace))
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
     client: _Client | None = None
     try:
         notebook = session_notebook(session)
-        client = kernel = _client(notebook, env, timeout, kernels_dir or env.kernels_dir,
-                                  sockets)
-        kernel.deadline = deadline
-        variables = dict(variables if variables is not None else kernel_env(env))
-        variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
-            {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
-             "network": session.network})
-        async with kernel.async_setup_kernel(cwd=str(scratch), env=variables,
+        client = _client(notebook, env, setup.timeout, setup.kernels_dir or env.kernels_dir,
+                         sockets)
+        async with client.async_setup_kernel(cwd=str(scratch), env=_variables(session, env, setup),
                                              stdout=log, stderr=log, cleanup_kc=False):
-            await _check_prefix(kernel, env)
-            await _run_cells(kernel, session, notebook, results)
+            await _check_prefix(client, env)
+            await _run_cells(client, session, notebook, results, setup.timeout, deadline)
     except Exception as exc:  # the kernel would not start, or died between cells
         log.seek(0)
         tail = " / ".join(log.read().strip().splitlines()[-3:])
         reason = f"{type(exc).__name__}: {exc}".strip() + (f" (kernel log: {tail})" if tail else "")
         done = {id(r.snippet) for r in results}
-        results += [_failed(s, session.env, "KernelError", reason, None)
+        results += [SnippetResult.failed(s, session.env, ErrorKind.KERNEL, reason)
                     for s in session.snippets if id(s) not in done]
     finally:
-        cleanup = asyncio.ensure_future(_stop(client, log, scratch, sockets))
-        if cleanups is None:
-            await cleanup
-        else:
-            cleanups.append(cleanup)
+        task = asyncio.ensure_future(_stop(client, log, scratch, sockets))
+        _stopping.add(task)
+        task.add_done_callback(_stopping.discard)
+        if not setup.stop_in_background:
+            await task
     return tuple(results)
+
+
+def _variables(session: Session, env: BuiltEnv, setup: KernelSetup) -> dict[str, str]:
+    variables = dict(setup.variables if setup.variables is not None else kernel_env(env))
+    variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
+        {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
+         "network": session.network})
+    return variables
 
 
 BESIDE_MAX_BYTES = 10 * 2**20
@@ -148,7 +176,8 @@ async def _stop(client: _Client | None, log: IO[str], scratch: Path, sockets: Pa
 
 
 async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
-                     results: list[SnippetResult]) -> None:
+                     results: list[SnippetResult], timeout: float,
+                     deadline: Deadline | None) -> None:
     cells = iter(enumerate(notebook.cells))
     stopped: SnippetResult | None = None
     for snippet in session.snippets:
@@ -158,12 +187,11 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
             continue
         index, cell = next(cells)
         if stopped is not None:
-            results.append(SnippetResult(snippet, session.env, "skipped",
-                                         reason=f"not run: the snippet at line "
-                                                f"{stopped.snippet.line} failed"))
+            results.append(SnippetResult.not_run(snippet, session.env, stopped.snippet.line))
             continue
         try:
-            result = await _run_cell(client, session, snippet, cell, index)
+            result = await _run_cell(client, session, snippet, cell, index,
+                                     float(snippet.markers.timeout or timeout), deadline)
         except _Stop as stop:
             result = stop.result
         results.append(result)
@@ -172,36 +200,41 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
 
 
 async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
-                    cell: NotebookNode, index: int) -> SnippetResult:
+                    cell: NotebookNode, index: int, limit: float,
+                    deadline: Deadline | None) -> SnippetResult:
     started = time.monotonic()
-    limit = float(snippet.markers.timeout or getattr(client, "default_timeout", 0) or 0)
-    # The whole run's deadline: a cell ends by it too.
-    deadline: tuple[float, float] | None = getattr(client, "deadline", None)
-    bound = deadline is not None and deadline[0] - started < limit
-    if bound and deadline is not None:
-        limit = max(deadline[0] - started, 0.001)
+    bound = deadline is not None and deadline.at - started < limit  # the run's deadline first
+    if deadline is not None and bound:
+        limit = max(deadline.at - started, 0.001)
     cell.metadata["runner"]["timeout"] = limit
     try:
         await client.async_execute_cell(cell, index)
     except CellTimeoutError:
-        message = (f"the run's deadline of {deadline[1]:g} s was reached" if bound and deadline
-                   else f"timed out after {limit:g} s")
-        raise _Stop(_failed(snippet, session.env, "DeadlineError" if bound else "TimeoutError",
-                            message, None, time.monotonic() - started)) from None
+        message = (f"the run's deadline of {deadline.seconds:g} s was reached"
+                   if deadline is not None and bound else f"timed out after {limit:g} s")
+        raise _Stop(SnippetResult.failed(
+            snippet, session.env, ErrorKind.DEADLINE if bound else ErrorKind.TIMEOUT, message,
+            duration_s=time.monotonic() - started)) from None
     except DeadKernelError:
-        raise _Stop(_failed(snippet, session.env, "DeadKernelError",
-                            f"the kernel died while running this snippet ({_death(client)})",
-                            None,
-                            time.monotonic() - started)) from None
-    duration = time.monotonic() - started
+        raise _Stop(SnippetResult.failed(
+            snippet, session.env, ErrorKind.DEAD_KERNEL,
+            f"the kernel died while running this snippet ({await _death(client)})",
+            duration_s=time.monotonic() - started)) from None
+    return await _result(client, session, snippet, cell, time.monotonic() - started)
+
+
+async def _result(client: NotebookClient, session: Session, snippet: Snippet,
+                  cell: NotebookNode, duration: float) -> SnippetResult:
+    """A cell that ran -> its snippet's result: passed, raised what it must, or failed."""
     output = collect_output(cell.outputs)
     error = next((o for o in cell.outputs if o.output_type == "error"), None)
     expected = snippet.markers.raises
     if error is None and expected is None:
         return SnippetResult(snippet, session.env, "passed", output, duration_s=duration)
     if error is None:
-        return _failed(snippet, session.env, "DidNotRaise",
-                       f"expected {expected} to be raised, nothing was", None, duration, output)
+        return SnippetResult.failed(snippet, session.env, ErrorKind.DID_NOT_RAISE,
+                                    f"expected {expected} to be raised, nothing was",
+                                    output=output, duration_s=duration)
     if expected is not None and error.ename == expected:
         final = f"{error.ename}: {error.evalue}" if error.evalue else error.ename
         return SnippetResult(snippet, session.env, "passed",
@@ -210,13 +243,13 @@ async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
                                     if output.parts else ()),
                              duration_s=duration)
     line = await _error_line(client, session, cell)
-    traceback = _ANSI.sub("", "\n".join(error.traceback))
+    traceback = ANSI.sub("", "\n".join(error.traceback))
     message = _CELL_FILE.sub("", error.evalue)  # the cell's temp file means nothing to a reader
-    return _failed(snippet, session.env, error.ename, message, line, duration, output,
-                   traceback)
+    return SnippetResult.failed(snippet, session.env, error.ename, message, line, traceback,
+                                output, duration)
 
 
-def _death(client: NotebookClient) -> str:
+async def _death(client: NotebookClient) -> str:
     """How the kernel's process ended: its exit status, or the signal that killed it."""
     process = getattr(getattr(client.km, "provisioner", None), "process", None)
     code = None
@@ -224,7 +257,7 @@ def _death(client: NotebookClient) -> str:
         code = process.poll() if process is not None else None
         if code is not None:
             break
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
     if code is None:
         return "exit status unknown"
     number = -code if code < 0 else code - 128 if code > 128 else 0
@@ -292,13 +325,6 @@ async def _error_line(client: NotebookClient, session: Session, cell: NotebookNo
     return None
 
 
-def _failed(snippet: Snippet, env: str, kind: str, message: str, line: int | None,
-            duration: float = 0.0, output: Output | None = None,
-            traceback: str = "") -> SnippetResult:
-    return SnippetResult(snippet, env, "failed", output or Output(),
-                         ErrorInfo(kind, message, line, traceback), duration_s=duration)
-
-
 def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
             kernels_dir: Path, sockets: Path) -> _Client:
     specs = KernelSpecManager(kernel_dirs=[str(kernels_dir)], ensure_native_kernel=False)
@@ -311,12 +337,10 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
     def cell_timeout(cell: NotebookNode) -> float:
         return float(cell.metadata.get("runner", {}).get("timeout") or timeout)
 
-    client = _Client(notebook, km=manager, kernel_name=env.kernel_name,
-                     timeout=max(1, math.ceil(timeout)), timeout_func=cell_timeout,
-                     allow_errors=True, record_timing=False, startup_timeout=120,
-                     shutdown_kernel="immediate")
-    client.default_timeout = timeout
-    return client
+    return _Client(notebook, km=manager, kernel_name=env.kernel_name,
+                   timeout=max(1, math.ceil(timeout)), timeout_func=cell_timeout,
+                   allow_errors=True, record_timing=False, startup_timeout=120,
+                   shutdown_kernel="immediate")
 
 
 class _Client(NotebookClient):
@@ -324,9 +348,6 @@ class _Client(NotebookClient):
     by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon
     as its reply to `kernel_info` has come and iopub has carried that request's status (which
     proves the subscription is live). Until then it asks again, as jupyter_client does."""
-
-    deadline: tuple[float, float] | None = None
-    default_timeout: float = 0.0  # nbclient's own `timeout` is a whole number of seconds
 
     @contextlib.asynccontextmanager
     async def async_setup_kernel(self, **kwargs: Any) -> AsyncIterator[None]:
@@ -344,8 +365,6 @@ class _Client(NotebookClient):
         finally:
             if cleanup_kc:
                 await self._async_cleanup_kernel()
-
-
 
     async def async_start_new_kernel_client(self) -> Any:
         assert self.km is not None

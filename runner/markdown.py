@@ -51,11 +51,19 @@ def newline(lines: list[str]) -> str:
 
 def body_start(lines: list[str]) -> int:
     """The index of the first line after the front matter (0 when there is none)."""
-    if lines and _strip_end(lines[0]).lstrip("\ufeff") == "---":
-        for index in range(1, len(lines)):
-            if _strip_end(lines[index]) in ("---", "..."):
-                return index + 1
-    return 0
+    end = _front_matter_end(lines)
+    return end + 1 if end else 0
+
+
+def _front_matter_end(lines: list[str]) -> int | None:
+    """The index of the `---` or `...` line that closes the front matter opened by a first line
+    `---`: 0 when there is no front matter, None when it is never closed."""
+    if not lines or _strip_end(lines[0]).lstrip("\ufeff") != "---":
+        return 0
+    for index in range(1, len(lines)):
+        if _strip_end(lines[index]) in ("---", "..."):
+            return index
+    return None
 
 
 def parse(path: str, text: str) -> Post:
@@ -246,13 +254,11 @@ def parse_markers(path: str, line: int, info: str) -> Markers:
 
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     """YAML between a first line `---` and the next `---` or `...` line, and the body's start."""
-    if not lines or _strip_end(lines[0]).lstrip("\ufeff") != "---":
-        return {}, 0
-    for end in range(1, len(lines)):
-        if _strip_end(lines[end]) in ("---", "..."):
-            break
-    else:
+    end = _front_matter_end(lines)
+    if end is None:
         raise PostError("front matter opened here is never closed with '---'", path, 1)
+    if end == 0:
+        return {}, 0
     try:
         data = yaml.safe_load("".join(_strip_end(x) + "\n" for x in lines[1:end]))
     except yaml.YAMLError as exc:

@@ -7,10 +7,24 @@ environment) -> `SnippetResult`s -> output blocks spliced back -> report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["passed", "failed", "skipped"]
+
+
+class ErrorKind(StrEnum):
+    """The runner's own kinds of snippet failure (a snippet's own exception keeps its Python
+    name, `NameError`); the strings are those of the JSON report."""
+
+    KERNEL = "KernelError"  # the kernel would not start, or died between cells
+    DEAD_KERNEL = "DeadKernelError"  # the kernel died while running the snippet
+    TIMEOUT = "TimeoutError"  # the snippet ran past its timeout
+    DEADLINE = "DeadlineError"  # the run's --deadline came first
+    DID_NOT_RAISE = "DidNotRaise"  # runner:raises=X, and nothing was raised
+    ENV = "EnvError"  # its environment could not be built
+    NONDETERMINISTIC = "Nondeterministic"  # --check-determinism: two runs printed different text
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,7 @@ class Session:
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    type: str
+    type: str  # an ErrorKind, or the name of the exception the snippet raised
     message: str
     post_line: int | None
     traceback: str = ""
@@ -144,3 +158,22 @@ class SnippetResult:
     reason: str | None = None  # why it was skipped
     duration_s: float = 0.0
     cached: bool = False  # taken from the execution cache, not run
+    not_run_after: int | None = None  # skipped because the snippet at this line failed
+
+    @classmethod
+    def not_run(cls, snippet: Snippet, env: str, failed_line: int) -> SnippetResult:
+        """A snippet after a failure in its session: not run (the report calls it skipped)."""
+        return cls(snippet, env, "skipped", reason=f"not run: the snippet at line {failed_line} "
+                   "failed", not_run_after=failed_line)
+
+    @classmethod
+    def failed(cls, snippet: Snippet, env: str, kind: str, message: str,
+               post_line: int | None = None, traceback: str = "", output: Output | None = None,
+               duration_s: float = 0.0) -> SnippetResult:
+        return cls(snippet, env, "failed", output or Output(),
+                   ErrorInfo(kind, message, post_line, traceback), duration_s=duration_s)
+
+    @property
+    def skipped_on_purpose(self) -> bool:
+        """Skipped because the author marked it `runner:skip`, not because of a failure."""
+        return self.status == "skipped" and self.not_run_after is None

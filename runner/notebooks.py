@@ -10,9 +10,14 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from runner.markdown import body_start, recorded_output, split_lines
+from runner import posts
+from runner.config import Config
+from runner.envs import kernel_name
+from runner.errors import PostError, RunnerError
+from runner.markdown import body_start, parse, recorded_output, split_lines
 from runner.model import Post, Session, Snippet
 from runner.parameters import injected
+from runner.plan import plan
 
 
 def session_notebook(session: Session) -> NotebookNode:
@@ -65,6 +70,23 @@ def _author_cell(post: Post, snippet: Snippet, number: int) -> NotebookNode:
     cell.outputs = [new_output("stream", name=name, text=text)
                     for name, text in recorded_output(post, snippet) if text]
     return cell
+
+
+def write_for_posts(paths: list[str], config: Config, out: Path) -> list[Path | RunnerError]:
+    """`notebooks`: each post's sessions as author notebooks (and their py:percent twins) in
+    `out`; the files written, and a post that cannot be read or planned as its error."""
+    done: list[Path | RunnerError] = []
+    for path in posts.find([Path(p) for p in paths] or [posts.relative(config.posts)]):
+        try:
+            post = parse(str(path), posts.read(path))
+            sessions = plan(post, config.envs, config.import_names)
+        except PostError as exc:
+            done.append(exc)
+            continue
+        for session in sessions:
+            done += write_author_notebook(author_notebook(post, session),
+                                          out / author_notebook_name(session))
+    return done
 
 
 def author_notebook_name(session: Session) -> str:
@@ -136,7 +158,7 @@ except (_runner_doctest.DocTestFailure, _runner_doctest.UnexpectedException) as 
 
 def _metadata(session: Session) -> dict[str, object]:
     return {
-        "kernelspec": {"name": f"runner-{session.env}", "display_name": f"runner: {session.env}",
+        "kernelspec": {"name": kernel_name(session.env), "display_name": f"runner: {session.env}",
                        "language": "python"},
         "language_info": {"name": "python"},
         "runner": {"post": session.post, "env": session.env},

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from runner.atomic import write_atomic
 from runner.errors import PostError, UsageError
 from runner.images import same_picture
 from runner.markdown import POST_SUFFIXES
@@ -24,7 +25,6 @@ from runner.writeback import (
     stamp,
 )
 
-SUFFIXES = POST_SUFFIXES
 MAX_BYTES = 5 * 2**20  # a post larger than this is refused, not parsed
 
 
@@ -35,12 +35,20 @@ def find(paths: Iterable[Path]) -> list[Path]:
         if path.is_dir():
             # Anything named like a post is one: a folder or a symlink loop so named is then
             # reported as a broken post, not passed over in silence.
-            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix in POST_SUFFIXES)
         elif os.path.lexists(path):
             found.append(path)
         else:
             raise UsageError(f"no such post or folder: {path}")
     return list(dict.fromkeys(found))
+
+
+def relative(path: Path) -> Path:
+    """The path relative to the current folder when it lies inside it (as a user names it)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def read(path: Path) -> str:
@@ -77,24 +85,6 @@ def replace(path: Path, old: str, new: str) -> None:
         if current != old:
             raise PostError("changed on disk while the runner ran: not written", path)
         write_atomic(path, new.encode("utf-8"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a crash leaves the old file or the new one,
-    never part of either. An existing file keeps its mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def read_bytes(path: Path) -> bytes | None:

@@ -11,38 +11,43 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from runner.report import PostOutcome
+
 
 class RunProgress:
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total, self.done = total, 0
+    """`on_post_done` for `run_posts`: a line (or the bar's step) per post as it is settled."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.started = time.monotonic()
         self._bar: Progress | None = None
-        if self.stream.isatty() and total:
-            # rich only on a terminal: CI logs do not pay for its import
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
 
-            self._bar = Progress(TextColumn("posts"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.description}"),
-                                 console=Console(file=self.stream), transient=True)
-            self._task = self._bar.add_task("", total=total)
-            self._bar.start()
-
-    def post_done(self, path: str) -> None:
-        self.done += 1
+    def post_done(self, outcome: PostOutcome, done: int, total: int) -> None:
+        if self._bar is None and self.stream.isatty():
+            self._start_bar(total)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, description=path)
+            self._bar.update(self._task, completed=done, description=outcome.path)
         else:
             elapsed = time.monotonic() - self.started
-            print(f"[{self.done}/{self.total}] {path} ({elapsed:.1f} s)", file=self.stream,
+            print(f"[{done}/{total}] {outcome.path} ({elapsed:.1f} s)", file=self.stream,
                   flush=True)
+
+    def _start_bar(self, total: int) -> None:
+        # rich only on a terminal: CI logs do not pay for its import
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bar = Progress(TextColumn("posts"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("{task.description}"),
+                             console=Console(file=self.stream), transient=True)
+        self._task = self._bar.add_task("", total=total)
+        self._bar.start()
 
     def close(self) -> None:
         if self._bar is not None:

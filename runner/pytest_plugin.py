@@ -7,22 +7,18 @@ flag no Markdown file is ever collected. `pytest -p runner.pytest_plugin --run-p
   command line, is a `PostFile`; other Markdown (README.md, docs/, test fixtures) is left alone;
 - it is parsed and planned as `python -m runner verify` does; a `PostError`/`PlanError` is one
   failing item, `post.md:LINE: message`;
-- each snippet is a `SnippetItem` named `line-<fence line>`. The first of a post's items to run
-  runs all of the post's sessions (a snippet needs the ones before it: they share a kernel), in
-  kernels started like the runner's (limits, network namespace, `passenv`; no execution cache,
-  no fork server); each item then reports its own snippet: passed, skipped with the reason, or
-  failed with the runner's `post.md:LINE: Type: message` and the kernel's traceback;
-- when no snippet failed, the post's recorded output is compared with a fresh rendering (text,
-  `verified_by` stamp, figures by pixels, as `verify`); a stale post fails its last item. Nothing
-  is ever written.
+- each snippet is a `SnippetItem` named `line-<fence line>`. The first item to run runs every
+  selected post with `runner.run_posts` in verify mode, the function behind the CLI, so the
+  execution cache, warm kernels, `--runner-param`, `--runner-jobs` and clean-up on a signal are
+  the CLI's; each item then reports its own snippet: passed, skipped with the reason, or failed
+  with the runner's `post.md:LINE: Type: message` and the kernel's traceback;
+- a stale post (its recorded output, stamp or figures differ from the fresh run) fails its last
+  item with the diff. Nothing is ever written.
 """
 
 from __future__ import annotations
 
-import asyncio
-import difflib
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +26,17 @@ import pytest
 
 from runner import markdown, plan, posts, report
 from runner.config import Config, load
-from runner.errors import EnvError, PostError, UsageError
-from runner.model import ErrorInfo, Output, Post, Session, Snippet, SnippetResult
-from runner.writeback import RenderOptions, stamp_value
+from runner.errors import PostError, UsageError
+from runner.markdown import POST_SUFFIXES
+from runner.model import ErrorInfo, Snippet
+from runner.report import PostOutcome, Run
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
 
 STALE = "recorded output is stale: run `nox -s update-posts`"
 _CONFIG = pytest.StashKey[Config]()
+_RUN = pytest.StashKey[dict[str, PostOutcome]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +44,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--run-posts", action="store_true", default=False,
                     help="collect Markdown posts (.md, .markdown, .mdx) under [tool.runner] "
                          "posts, or named on the command line, and run their Python snippets")
+    group.addoption("--runner-jobs", type=int, default=None, metavar="N",
+                    help="sessions run at once (default: the number of cores)")
+    group.addoption("--runner-param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a parameter a post declares, as `runner verify --param`")
+    group.addoption("--runner-no-cache", action="store_true", default=False,
+                    help="run every session; do not read the execution cache")
+    group.addoption("--runner-report", metavar="FILE", default=None,
+                    help="write the run's JSON report here, as `runner verify --report`")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,13 +64,34 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> PostFile | None:
     config = parent.config
-    if (not config.getoption("run_posts") or file_path.suffix not in posts.SUFFIXES
+    if (not config.getoption("run_posts") or file_path.suffix not in POST_SUFFIXES
             or _CONFIG not in config.stash):
         return None
     under_posts = file_path.resolve().is_relative_to(config.stash[_CONFIG].posts.resolve())
     if not (under_posts or parent.session.isinitpath(file_path)):
         return None
     return PostFile.from_parent(parent, path=file_path)
+
+
+def outcomes(session: pytest.Session) -> dict[str, PostOutcome]:
+    """Every selected post's outcome, by its label: the run happens on the first call."""
+    config = session.config
+    if _RUN not in config.stash:
+        from runner import parameters
+        from runner.run import Options, run_posts
+
+        labels = list(dict.fromkeys(item.parent.label for item in session.items
+                                    if isinstance(item.parent, PostFile)))
+        options = Options(
+            cache=not config.getoption("runner_no_cache"),
+            params=tuple(parameters.parse_overrides(config.getoption("runner_param")).items()),
+            **({"jobs": config.getoption("runner_jobs")} if config.getoption("runner_jobs")
+               else {}))
+        run = run_posts(labels, config.stash[_CONFIG], options) if labels else Run(())
+        if config.getoption("runner_report"):
+            report.write_json(run, Path(config.getoption("runner_report")))
+        config.stash[_RUN] = {outcome.path: outcome for outcome in run.posts}
+    return config.stash[_RUN]
 
 
 class RunnerFailure(Exception):
@@ -87,109 +114,39 @@ class RunnerFailure(Exception):
 
 
 class PostFile(pytest.File):
-    """One post. Its sessions run once, when its first item runs; the results stay here."""
-
-    post: Post | None = None
-    sessions: tuple[Session, ...] = ()
-    _results: dict[int, SnippetResult] | None = None
-    _stale: tuple[str] | None = None  # (diff,) once compared, "" inside when fresh
+    """One post: an item per snippet, or one for the error that keeps it from being planned."""
 
     @property
     def label(self) -> str:
         """The post as the runner names it: relative to the current folder when inside it."""
-        try:
-            return str(self.path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(self.path)
+        return str(posts.relative(self.path))
 
     def collect(self) -> Iterator[pytest.Item]:
         config = self.config.stash[_CONFIG]
         try:
-            self.post = markdown.parse(self.label, posts.read(Path(self.label)))
-            self.sessions = plan.plan(self.post, config.envs, config.import_names)
+            post = markdown.parse(self.label, posts.read(Path(self.label)))
+            sessions = plan.plan(post, config.envs, config.import_names)
         except PostError as exc:
             yield PostErrorItem.from_parent(self, name="error", error=exc)
             return
-        env_of = {s.line: session.env for session in self.sessions for s in session.snippets}
-        for snippet in self.post.snippets:
+        env_of = {s.line: session.env for session in sessions for s in session.snippets}
+        for snippet in post.snippets:
             yield SnippetItem.from_parent(self, name=f"line-{snippet.line}", snippet=snippet,
-                                          env=env_of[snippet.line])
+                                          env=env_of[snippet.line],
+                                          last=snippet is post.snippets[-1])
 
-    def results(self) -> dict[int, SnippetResult]:
-        """Every snippet's result, by fence line: the post's sessions run on the first call."""
-        if self._results is None:
-            self._results = {r.snippet.line: r for r in self._run()}
-        return self._results
-
-    def _run(self) -> list[SnippetResult]:
-        """The post's sessions (one per env), at once, each in its own kernel."""
-        from runner import envs
-        from runner.execute import kernel_env, run_session
-        from runner.warm import ForkServers
-
-        config = self.config.stash[_CONFIG]
-        servers = ForkServers()  # only for its kernelspecs: kernels with the runner's limits
-        built: dict[str, envs.BuiltEnv | EnvError] = {}
-        for name in sorted({session.env for session in self.sessions}):
-            try:
-                ready = envs.build(config.envs[name], say=_say)
-            except EnvError as exc:
-                built[name] = exc
-            else:
-                servers.plain(ready)
-                built[name] = ready
-
-        async def one(session: Session) -> Sequence[SnippetResult]:
-            env = built[session.env]
-            if isinstance(env, EnvError):
-                return _all_failed(session, "EnvError", env.message)
-            try:
-                return await run_session(session, env, config.timeout,
-                                         servers.kernels_dir(session.env),
-                                         variables=kernel_env(env, config.passenv))
-            except Exception as exc:  # run_session turns kernel trouble into results
-                return _all_failed(session, type(exc).__name__, str(exc))
-
-        async def run_all() -> list[Sequence[SnippetResult]]:
-            return await asyncio.gather(*(one(session) for session in self.sessions))
-
-        try:
-            return [result for results in asyncio.run(run_all()) for result in results]
-        finally:
-            servers.close()
-
-    def stale(self) -> str | None:
-        """None when the recorded output is what a fresh run renders, else a diff of the two
-        (`verify`'s check: output blocks, the `verified_by` stamp, figures by pixels)."""
-        if self._stale is None:
-            self._stale = (self._compare(),)
-        return self._stale[0] or None
-
-    def _compare(self) -> str:
-        assert self.post is not None
-        config = self.config.stash[_CONFIG]
-        outputs: dict[int, Output] = {line: r.output for line, r in self.results().items()
-                                      if r.status == "passed"}
-        options = RenderOptions(config.patterns, config.max_output_lines)
-        fresh = posts.freshen(Path(self.label), self.post, outputs,
-                              stamp_value(self.sessions, config.envs), options)
-        if not fresh.differs(self.post.text):
-            return ""
-        diff = "".join(difflib.unified_diff(
-            self.post.text.splitlines(keepends=True), fresh.text.splitlines(keepends=True),
-            f"{self.label} (recorded)", f"{self.label} (fresh run)"))
-        if fresh.text != self.post.text and not diff:  # e.g. only a missing final newline
-            diff = "(the post's text differs from a fresh rendering)\n"
-        return diff + fresh.notes()
+    def outcome(self) -> PostOutcome:
+        return outcomes(self.session)[self.label]
 
 
 class SnippetItem(pytest.Item):
     """One snippet: reports its own result from the post's run."""
 
-    def __init__(self, *, snippet: Snippet, env: str, **kwargs: Any) -> None:
+    def __init__(self, *, snippet: Snippet, env: str, last: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.snippet = snippet
         self.env = env
+        self.last = last  # the post's last snippet: it reports a stale post
 
     @property
     def post_file(self) -> PostFile:
@@ -197,17 +154,16 @@ class SnippetItem(pytest.Item):
         return self.parent
 
     def runtest(self) -> None:
-        post = self.post_file
-        result = post.results()[self.snippet.line]
+        outcome = self.post_file.outcome()
+        if outcome.status == "error":  # e.g. changed on disk between collection and the run
+            raise RunnerFailure(report.post_line(outcome))
+        [result] = [r for r in outcome.snippets if r.snippet.line == self.snippet.line]
         if result.status == "failed":
             error = result.error or ErrorInfo("Error", "failed", self.snippet.line)
             line = report.snippet_line(result) or f"{self.snippet.where}: {error.type}"
             raise RunnerFailure(line, error.traceback)
-        if (post.post is not None and self.snippet is post.post.snippets[-1]
-                and not any(r.status == "failed" for r in post.results().values())):
-            diff = post.stale()
-            if diff is not None:
-                raise RunnerFailure(f"{post.label}: {STALE}", diff)
+        if self.last and outcome.status == "stale":
+            raise RunnerFailure(f"{outcome.path}: {STALE}", outcome.diff)
         if result.status == "skipped":  # reported at the post's line, as skip marks are
             raise pytest.skip.Exception(result.reason or "skipped", _use_item_location=True)
 
@@ -241,12 +197,3 @@ class PostErrorItem(pytest.Item):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.error.line
         return self.path, None if line is None else line - 1, str(self.error)
-
-
-def _all_failed(session: Session, kind: str, message: str) -> list[SnippetResult]:
-    return [SnippetResult(s, session.env, "failed", error=ErrorInfo(kind, message, s.line))
-            for s in session.snippets]
-
-
-def _say(text: str) -> None:
-    print(f"runner: {text}", file=sys.stderr, flush=True)

@@ -9,13 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.errors import UsageError
 from runner.model import SnippetResult
+from runner.posts import Fresh
 
 PostStatus = Literal["passed", "failed", "stale", "error"]
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class PostOutcome:
+    """One post at the end of a run: its status, its snippets' results, and (when they all
+    passed) the post as the fresh run renders it."""
+
     path: str
     status: PostStatus
     error: str | None = None
@@ -23,13 +29,18 @@ class PostOutcome:
     diff: str = ""  # recorded vs fresh output, for a stale post
     written: bool = False  # update wrote new output into the post
     parameters: tuple[tuple[str, str], ...] = ()  # overridden for this run: not compared
+    snippets: tuple[SnippetResult, ...] = ()  # in post order
+    fresh: Fresh | None = None  # text and figures as rendered from this run's output
 
 
 @dataclass(frozen=True)
 class Run:
     posts: tuple[PostOutcome, ...]
-    snippets: tuple[SnippetResult, ...]
     duration_s: float = 0.0
+
+    @property
+    def snippets(self) -> tuple[SnippetResult, ...]:
+        return tuple(r for post in self.posts for r in post.snippets)
 
     def summary(self) -> dict[str, int]:
         count = [r.status for r in self.snippets].count
@@ -37,6 +48,17 @@ class Run:
                 "skipped": count("skipped"),
                 "stale": [p.status for p in self.posts].count("stale"),
                 "cached": sum(r.cached for r in self.snippets)}
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code([p.status for p in self.posts], [r.status for r in self.snippets])
+
+
+def exit_code(post_statuses: Sequence[str], snippet_statuses: Sequence[str]) -> int:
+    """The one rule: 0 when every post passed and no snippet failed, else 1. A report merged
+    from shards is judged by it too."""
+    bad = any(s != "passed" for s in post_statuses) or "failed" in snippet_statuses
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def snippet_line(result: SnippetResult) -> str | None:
@@ -137,6 +159,22 @@ def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = ("passed", "failed", "skipped", "stale", "cached")
     summary = {k: sum(r["summary"].get(k, 0) for r in reports) for k in keys}
     return {"summary": summary, "posts": posts, "snippets": snippets}
+
+
+def merge_files(paths: Sequence[Path]) -> dict[str, Any]:
+    """`report merge`: the JSON reports in these files, merged; a missing or malformed one is
+    a UsageError (the command was given a wrong file)."""
+    try:
+        return merge([json.loads(path.read_text(encoding="utf-8")) for path in paths])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot merge the reports: {why}",
+                         getattr(exc, "filename", None)) from exc
+
+
+def merged_exit_code(merged: dict[str, Any]) -> int:
+    return exit_code([p["status"] for p in merged["posts"]],
+                     [s["status"] for s in merged["snippets"]])
 
 
 def github_annotations(run: Run) -> str:

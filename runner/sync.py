@@ -8,13 +8,45 @@ changed since is a conflict and is refused. Pure: `sync(post, cells)` returns th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from runner.errors import PostError
-from runner.markdown import newline, split_lines
+from runner import posts
+from runner.errors import PostError, RunnerError, UsageError
+from runner.markdown import newline, parse, split_lines
 from runner.model import Post
 from runner.notebooks import code_hash
+
+
+def sync_notebooks(paths: Sequence[str]) -> list[str | RunnerError]:
+    """`sync`: the code cells of these notebooks (or py:percent twins) back into their posts;
+    `post.md:LINE` for each fence changed, and a post that cannot be synced as its error.
+    A notebook that cannot be read is a UsageError (the command named a wrong file)."""
+    import jupytext
+
+    by_post: dict[str, list[Any]] = {}
+    for path in paths:
+        try:
+            book = jupytext.read(path)
+        except Exception as exc:
+            raise UsageError(f"cannot read the notebook: {exc}", path) from exc
+        for cell in book.cells:
+            post = cell.get("metadata", {}).get("runner", {}).get("post")
+            if cell.cell_type == "code" and post:
+                by_post.setdefault(post, []).append(cell)
+    done: list[str | RunnerError] = []
+    for post_path, cells in by_post.items():
+        try:
+            post = parse(post_path, posts.read(Path(post_path)))
+            text, changed = sync(post, cells)
+            if changed:
+                posts.replace(Path(post_path), post.text, text)
+        except PostError as exc:
+            done.append(exc)
+            continue
+        done += [f"{post_path}:{line}" for line in changed]
+    return done
 
 
 def sync(post: Post, cells: Iterable[Any]) -> tuple[str, list[int]]:

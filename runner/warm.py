@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runner.envs import BuiltEnv
+from runner.envs import BuiltEnv, write_kernelspec
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 START_TIMEOUT = 120.0
@@ -47,20 +46,16 @@ class ForkServers:
             env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, start_new_session=True)
         log.close()  # the server has its own
-        spec = self.kernels_dir(name) / env.kernel_name
-        spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(json.dumps({
-            "argv": [str(env.python), str(FORKSERVER), "launch", str(socket_path),
-                     "-f", "{connection_file}"],
-            "display_name": f"runner: {name} (warm)", "language": "python"}))
+        write_kernelspec(self.kernels_dir(name) / env.kernel_name,
+                         [str(env.python), str(FORKSERVER), "launch", str(socket_path),
+                          "-f", "{connection_file}"],
+                         f"runner: {name} (warm)")
 
     def plain(self, env: BuiltEnv) -> None:
         """A kernelspec that starts each kernel from scratch, with the same limits."""
-        spec = self.kernels_dir(env.spec.name) / env.kernel_name
-        spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(json.dumps({
-            "argv": [str(env.python), str(FORKSERVER), "plain", "-f", "{connection_file}"],
-            "display_name": f"runner: {env.spec.name}", "language": "python"}))
+        write_kernelspec(self.kernels_dir(env.spec.name) / env.kernel_name,
+                         [str(env.python), str(FORKSERVER), "plain", "-f", "{connection_file}"],
+                         f"runner: {env.spec.name}")
 
     def kernels_dir(self, name: str) -> Path:
         return self.folder / name / "kernels"
@@ -70,7 +65,9 @@ class ForkServers:
         heavy modules follow between requests), or give up on it."""
         deadline = time.monotonic() + START_TIMEOUT
         socket_path = self.folder / f"{name}.sock"
-        server = self._servers[name]
+        server = self._servers.get(name)
+        if server is None:  # a plain kernelspec: nothing to wait for
+            return
         while not socket_path.exists() and server.poll() is None:
             if time.monotonic() > deadline:
                 break

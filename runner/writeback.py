@@ -18,10 +18,11 @@ from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
 from runner import __version__
+from runner.config import DEFAULT_MAX_LINES
 from runner.markdown import OUTPUT_END, OUTPUT_LABEL, body_start, newline, split_lines
 from runner.model import EnvSpec, Output, Post, Session, Snippet
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _UNIT = r"(?:ns|µs|μs|us|ms|s|min)"  # IPython writes µ or μ by version
 Patterns = Sequence[tuple[re.Pattern[str], str]]
 # Built-in normalisations, applied to all output before it is compared or written.
@@ -34,7 +35,6 @@ BUILTIN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?m)^(CPU times|Wall time): .*$"), r"\1: [elided by the runner]"),
     (re.compile(r"(?m)^The slowest run took [\d.]+ times longer than the fastest\..*\n?"), ""),
 )
-DEFAULT_MAX_LINES = 200
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class RenderOptions:
 def normalize(text: str, patterns: Patterns = ()) -> str:
     """What is compared and written: no ANSI colours, addresses or timings (and the project's
     own patterns), no trailing spaces, no blank tail."""
-    text = _ANSI.sub("", text).replace("\r\n", "\n")
+    text = ANSI.sub("", text).replace("\r\n", "\n")
     for pattern, replacement in (*BUILTIN_PATTERNS, *patterns):
         text = pattern.sub(replacement, text)
     return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")

@@ -9,12 +9,12 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from runner.cli import _Work, shard
 from runner.markdown import parse
 from runner.model import ErrorInfo, Markers, Snippet, SnippetResult
 from runner.notebooks import author_notebook, code_hash
 from runner.plan import plan
 from runner.report import PostOutcome, Run, github_annotations, merge, step_summary
+from runner.run import Planned, check_determinism, shard
 from runner.sync import sync
 from tests.conftest import FIXTURES, ROOT, run_cli
 from tests.test_plan import ENVS
@@ -98,12 +98,12 @@ def test_sync_is_pure_and_keeps_line_endings() -> None:
     assert new == "a\r\n\r\n```python\r\nx = 2\r\ny = 3\r\n```\r\n" and changed == [3]
 
 
-def work(weights: dict[str, int]) -> list[_Work]:
+def work(weights: dict[str, int]) -> list[Planned]:
     items = []
     for name, count in weights.items():
         code = "".join(f"```python runner:env=sklearn\nprint({n})\n```\n\n" for n in range(count))
         post = parse(name, code)
-        items.append(_Work(Path(name), post, plan(post, ENVS)))
+        items.append(Planned(Path(name), post, plan(post, ENVS)))
     return items
 
 
@@ -141,8 +141,8 @@ def test_annotations_and_summary_name_the_post_line() -> None:
     snippet = Snippet("posts/x.md", 125, "x\n", Markers())
     failed = SnippetResult(snippet, "fastapi", "failed",
                            error=ErrorInfo("NameError", "name 'List' is not defined", 135))
-    run = Run((PostOutcome("posts/x.md", "failed"),
-               PostOutcome("posts/y.md", "error", "invalid YAML front matter", 3)), (failed,))
+    run = Run((PostOutcome("posts/x.md", "failed", snippets=(failed,)),
+               PostOutcome("posts/y.md", "error", "invalid YAML front matter", 3)))
     lines = github_annotations(run).splitlines()
     assert lines == ["::error file=posts/x.md,line=135::NameError: name 'List' is not defined",
                      "::error file=posts/y.md,line=3::invalid YAML front matter"]
@@ -180,14 +180,13 @@ def test_code_that_would_close_the_fence_is_refused() -> None:
 
 
 def test_determinism_check_pairs_snippets_by_line_not_by_finish_order() -> None:
-    from runner.cli import _check_determinism
     from runner.model import Output
     from runner.writeback import RenderOptions
 
     post = parse("p.md", "```python\nprint(1)\n```\n\n```python\nprint(2)\n```\n")
     one, two = (SnippetResult(s, "sklearn", "passed", Output(f"{n}\n"))
                 for n, s in enumerate(post.snippets, 1))
-    checked = _check_determinism([one, two], [two, one], RenderOptions())
+    checked = check_determinism([one, two], [two, one], RenderOptions())
     assert [r.status for r in checked] == ["passed", "passed"]
 
 

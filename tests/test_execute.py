@@ -16,13 +16,13 @@ pytestmark = pytest.mark.kernel
 
 
 def run(built, project, text: str, timeout: float = 60) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
-    from runner.execute import run_session
+    from runner.execute import KernelSetup, run_session
 
     post = parse("posts/t.md", text)
     sessions = plan(post, project.envs)
     results: list[SnippetResult] = []
     for session in sessions:
-        results += asyncio.run(run_session(session, built(session.env), timeout))
+        results += asyncio.run(run_session(session, built(session.env), KernelSetup(timeout)))
     return results
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import posts
+from runner.atomic import write_atomic
 from runner.images import same_picture
 from runner.writeback import markdown_table
 from tests.conftest import FIXTURES, ROOT, run_cli
@@ -83,10 +83,10 @@ def test_atomic_write_crash_leaves_the_old_file(tmp_path: Path,
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        posts.write_atomic(post, b"new\r\n")
+        write_atomic(post, b"new\r\n")
     assert post.read_bytes() == b"old\r\n" and os.listdir(tmp_path) == ["p.md"]
     monkeypatch.undo()
-    posts.write_atomic(post, b"new\r\n")
+    write_atomic(post, b"new\r\n")
     assert post.read_bytes() == b"new\r\n" and post.stat().st_mode & 0o777 == 0o640
 
 

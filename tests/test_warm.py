@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute import kernel_env, run_session
+from runner.execute import KernelSetup, kernel_env, run_session
 from runner.markdown import parse
 from runner.model import SnippetResult
 from runner.plan import plan
@@ -35,8 +35,8 @@ def run(servers: ForkServers, built, project, *codes: str) -> list[list[SnippetR
         for code in codes:
             [session] = plan(parse("p.md", f"```python runner:env=sklearn\n{code}\n```\n"),
                              project.envs)
-            out.append(list(await run_session(session, built("sklearn"), 30,
-                                              servers.kernels_dir("sklearn"))))
+            out.append(list(await run_session(session, built("sklearn"),
+                                              KernelSetup(30, servers.kernels_dir("sklearn")))))
         return out
     return asyncio.run(main())
 
@@ -66,12 +66,12 @@ def test_timeout_and_dead_kernel_in_a_forked_kernel(servers, built, project) -> 
         text = ("```python runner:env=sklearn runner:timeout=2\nimport time\ntime.sleep(60)\n```\n"
                 "\n```python\nprint('after')\n```\n")
         [session] = plan(parse("p.md", text), project.envs)
-        slow = list(await run_session(session, built("sklearn"), 30,
-                                      servers.kernels_dir("sklearn")))
+        slow = list(await run_session(session, built("sklearn"),
+                                      KernelSetup(30, servers.kernels_dir("sklearn"))))
         dead = "```python runner:env=sklearn\nimport os\nos._exit(3)\n```\n"
         [session] = plan(parse("p.md", dead), project.envs)
-        return slow + list(await run_session(session, built("sklearn"), 30,
-                                             servers.kernels_dir("sklearn")))
+        return slow + list(await run_session(session, built("sklearn"),
+                                             KernelSetup(30, servers.kernels_dir("sklearn"))))
     slow, after, dead = asyncio.run(main())
     assert slow.error is not None and slow.error.message == "timed out after 2 s"
     assert after.status == "skipped"

@@ -1,0 +1,418 @@
+"""The run: post paths -> a `Run` of outcomes. The job behind `verify`, `update`, the pytest
+plugin and any Python caller (`from runner import run_posts`).
+
+It reads as its stages, each a small function passing its result on (nox's workflow):
+
+    read_and_plan -> shard -> look_up_cache -> build_envs -> execute -> settle
+
+Exceptions stay inside a stage: a post that cannot be read, an env that cannot be built, a
+kernel that dies, each becomes a result with a status at the stage's edge. Only a wrong call
+(`UsageError`: a missing path, a bad `--param`) propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from runner import cache, envs, markdown, parameters, plan, posts
+from runner.config import Config, load
+from runner.errors import EnvError, PostError, RunnerError
+from runner.execute import Deadline, KernelSetup, files_beside, kernel_env, kernels_stopped
+from runner.execute import run_session as _run_session
+from runner.images import same_picture
+from runner.model import EnvSpec, ErrorInfo, ErrorKind, Output, Post, Session, SnippetResult
+from runner.report import PostOutcome, Run
+from runner.warm import ForkServers, network_isolation
+from runner.writeback import RenderOptions, output_block, stamp_value
+
+Mode = Literal["verify", "update"]
+OnPostDone = Callable[[PostOutcome, int, int], None]  # (outcome, posts done, posts in the run)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run. The defaults are `python -m runner verify`'s."""
+
+    mode: Mode = "verify"  # update: write the fresh output into posts that are stale
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # sessions at once
+    timeout: float | None = None  # seconds per snippet; None: [tool.runner] timeout
+    cache: bool = True  # read the execution cache (results are stored either way)
+    warm: bool = True  # fork kernels from a warm server per env
+    deadline: float | None = None  # seconds for the whole run
+    params: tuple[tuple[str, str], ...] = ()  # parameter overrides, (NAME, python literal)
+    shard: tuple[int, int] | None = None  # (K, N): run only the K-th of N slices
+    check_determinism: bool = False  # run every session twice; differing output fails
+    passenv: tuple[str, ...] = ()  # more variables kernels may see, beyond [tool.runner]'s
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A post read and planned: its sessions, or the error that stopped it."""
+
+    path: Path
+    post: Post | None = None
+    sessions: tuple[Session, ...] = ()
+    error: PostError | None = None
+
+    @property
+    def weight(self) -> int:
+        """What a shard balances: the post's runnable snippets (and the post itself)."""
+        return 1 + sum(s.markers.skip is None for session in self.sessions
+                       for s in session.snippets)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A session, the post it belongs to (its index in the run), its cache key, and its results
+    when the execution cache has them (then it is not run)."""
+
+    post: int
+    session: Session
+    key: str
+    hit: tuple[SnippetResult, ...] | None = None
+
+
+def run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
+              options: Options | None = None, on_post_done: OnPostDone | None = None) -> Run:
+    """Run the posts (files, or folders of posts; none: the project's posts/) and return the
+    outcome of each. In the main thread, SIGINT and SIGTERM stop the run at once: its kernels
+    and folders are removed and the process exits 128 + the signal (no post is half-written)."""
+    return asyncio.run(async_run_posts(paths, config, options, on_post_done))
+
+
+async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
+                          options: Options | None = None,
+                          on_post_done: OnPostDone | None = None) -> Run:
+    """`run_posts` inside a running event loop."""
+    started = time.monotonic()
+    config = config or load(Path.cwd())
+    options = options or Options()
+    planned = shard(read_and_plan(post_paths(paths, config), config, options), options.shard)
+    jobs = look_up_cache(planned, config, options)
+    built = await build_envs(jobs, config)
+    tally = _Tally(planned, jobs, config, options, on_post_done)
+    await execute(jobs, built, config, options, tally.session_done)
+    if options.check_determinism:
+        tally.second_pass()
+        await execute(jobs, built, config, replace(options, cache=False), tally.session_done)
+    return Run(tally.outcomes(), time.monotonic() - started)
+
+
+# --- the stages --------------------------------------------------------------------------------
+
+
+def post_paths(paths: Iterable[str | Path], config: Config) -> list[Path]:
+    """The posts named, and those under the folders named; none named: the project's posts."""
+    given = [Path(p) for p in paths]
+    return posts.find(given or [posts.relative(config.posts)])
+
+
+def read_and_plan(paths: Sequence[Path], config: Config, options: Options) -> list[Planned]:
+    overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
+    return [_plan_one(path, config, overrides) for path in paths]
+
+
+def _plan_one(path: Path, config: Config, overrides: dict[str, str]) -> Planned:
+    try:
+        post = markdown.parse(str(path), posts.read(path))
+        sessions = plan.plan(post, config.envs, config.import_names)
+    except PostError as exc:
+        return Planned(path, error=exc)
+    given = parameters.applicable(post, overrides)
+    if given:
+        sessions = tuple(replace(s, overrides=given) for s in sessions)
+    return Planned(path, post, sessions)
+
+
+def shard(planned: list[Planned], part: tuple[int, int] | None) -> list[Planned]:
+    """Shard K/N: a deterministic, size-balanced slice. A post's sessions stay together (its
+    staleness needs all of them); posts, heaviest first (then by path), each go to the
+    lightest of N shards, so N machines of a CI matrix get about the same work."""
+    if part is None:
+        return planned
+    k, n = part
+    loads = [0] * n
+    chosen: dict[int, int] = {}
+    for item in sorted(planned, key=lambda i: (-i.weight, str(i.path))):
+        target = min(range(n), key=lambda index: (loads[index], index))
+        loads[target] += item.weight
+        chosen[id(item)] = target
+    return [item for item in planned if chosen[id(item)] == k - 1]
+
+
+def look_up_cache(planned: list[Planned], config: Config, options: Options) -> list[Job]:
+    """Every session as a job with its cache key and, with the cache on (and no determinism
+    check), the results stored for it: a hit builds no env and starts no kernel."""
+    read = options.cache and not options.check_determinism
+    jobs = []
+    beside: dict[Path, str] = {}
+    for index, item in enumerate(planned):
+        folder = item.path.parent
+        if item.sessions and folder not in beside:
+            beside[folder] = cache.digest(files_beside(folder))
+        for session in item.sessions:
+            key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
+                                    beside[folder])
+            hit = cache.load(config.cache_dir, key, session, say) if read else None
+            jobs.append(Job(index, session, key, hit))
+    return jobs
+
+
+async def build_envs(jobs: Sequence[Job], config: Config) -> dict[str, envs.BuiltEnv | EnvError]:
+    """Each env the jobs need, built (once, in a thread: uv does the work) or its error."""
+    built: dict[str, envs.BuiltEnv | EnvError] = {}
+    for name in sorted({job.session.env for job in jobs if job.hit is None}):
+        try:
+            built[name] = await asyncio.to_thread(envs.build, config.envs[name], say)
+        except EnvError as exc:
+            built[name] = exc
+    return built
+
+
+async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError],
+                  config: Config, options: Options,
+                  done: Callable[[Job, tuple[SnippetResult, ...]], None]) -> None:
+    """Run the jobs that are not cache hits, `options.jobs` at a time, each in a kernel of its
+    env (forked from the env's warm server where two or more sessions share the env); `done`
+    gets each job's results as it ends."""
+    jobs = [job for job in jobs if job.hit is None]
+    limit = asyncio.Semaphore(options.jobs)
+    deadline = (Deadline(time.monotonic() + options.deadline, options.deadline)
+                if options.deadline else None)
+    servers = _start_servers(jobs, built, config, options)
+    setups = {name: KernelSetup(_timeout(config, options), servers.kernels_dir(name),
+                                tuple(kernel_env(env, _passenv(config, options)).items()),
+                                servers.folder, stop_in_background=True)
+              for name, env in built.items() if isinstance(env, envs.BuiltEnv)}
+
+    async def one(job: Job) -> None:
+        env = built[job.session.env]
+        if isinstance(env, EnvError):
+            done(job, _all_failed(job.session, ErrorKind.ENV, env.message))
+            return
+        async with limit:
+            if deadline is not None and time.monotonic() >= deadline.at:
+                results = _all_failed(job.session, ErrorKind.DEADLINE, f"the run's deadline of "
+                                      f"{deadline.seconds:g} s passed before this ran")
+            else:
+                await servers.ready(job.session.env)
+                results = await _run_session(job.session, env, setups[env.spec.name], deadline)
+        if not options.check_determinism:
+            cache.store(config.cache_dir, job.key, results)
+        done(job, results)
+
+    with _SignalStop(servers):
+        try:
+            await asyncio.gather(*(one(job) for job in jobs))
+        finally:
+            await kernels_stopped()
+            servers.close()
+
+
+# --- settling each post ------------------------------------------------------------------------
+
+
+class _Tally:
+    """Results as sessions end; a post is settled (compared, written in update mode) as soon
+    as its last session has ended in the run's last pass."""
+
+    def __init__(self, planned: list[Planned], jobs: Sequence[Job], config: Config,
+                 options: Options, on_post_done: OnPostDone | None) -> None:
+        self.planned, self.jobs, self.config, self.options = planned, jobs, config, options
+        self.on_post_done = on_post_done
+        self.results: list[list[SnippetResult]] = [[] for _ in planned]
+        self.first: list[list[SnippetResult]] = []  # the first pass, with --check-determinism
+        self.settled: dict[int, PostOutcome] = {}
+        self.final = not options.check_determinism
+        self._count_sessions()
+
+    def _count_sessions(self) -> None:
+        self.remaining = Counter(job.post for job in self.jobs)
+        for job in self.jobs:
+            if job.hit is not None and self.final:
+                self.session_done(job, job.hit)
+        if self.final:
+            for index in range(len(self.planned)):
+                if index not in self.settled and not self.remaining[index]:
+                    self._settle(index)
+
+    def second_pass(self) -> None:
+        self.first, self.results = self.results, [[] for _ in self.planned]
+        self.final = True
+        self._count_sessions()
+
+    def session_done(self, job: Job, results: tuple[SnippetResult, ...]) -> None:
+        self.results[job.post] += results
+        self.remaining[job.post] -= 1
+        if self.final and not self.remaining[job.post]:
+            self._settle(job.post)
+
+    def _settle(self, index: int) -> None:
+        results = sorted(self.results[index], key=lambda r: r.snippet.line)
+        if self.first:
+            results = check_determinism(self.first[index], results, self._render_options())
+        outcome = settle(self.planned[index], tuple(results), self.config, self.options.mode,
+                         self._render_options())
+        self.settled[index] = outcome
+        if self.on_post_done is not None:
+            self.on_post_done(outcome, len(self.settled), len(self.planned))
+
+    def _render_options(self) -> RenderOptions:
+        return RenderOptions(self.config.patterns, self.config.max_output_lines)
+
+    def outcomes(self) -> tuple[PostOutcome, ...]:
+        return tuple(self.settled[index] for index in range(len(self.planned)))
+
+
+def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mode: Mode,
+           options: RenderOptions) -> PostOutcome:
+    """A post's outcome from its results: failed, or compared with a fresh rendering (verify)
+    and written when it differs (update)."""
+    path = str(item.path)
+    if item.error is not None or item.post is None:
+        error = item.error or PostError("not parsed", path)
+        return PostOutcome(path, "error", error.message, error.line)
+    given = item.sessions[0].overrides if item.sessions else ()
+    if any(r.status == "failed" for r in results):
+        return PostOutcome(path, "failed", parameters=given, snippets=results)
+    if given:  # a run with other parameters prints other output: neither compared nor written
+        return PostOutcome(path, "passed", parameters=given, snippets=results)
+    outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
+                                  if r.status == "passed"}
+    fresh = posts.freshen(item.path, item.post, outputs,
+                          stamp_value(item.sessions, config.envs), options)
+    done = PostOutcome(path, "passed", snippets=results, fresh=fresh)
+    if not fresh.differs(item.post.text):
+        return done
+    if mode == "verify":
+        return replace(done, status="stale",
+                       diff=unified_diff(path, item.post.text, fresh.text) + fresh.notes())
+    try:
+        posts.write_fresh(item.path, item.post.text, fresh)
+    except RunnerError as exc:
+        return replace(done, status="error", error=exc.message, error_line=exc.line)
+    except OSError as exc:
+        return replace(done, status="error", error=f"cannot write: {exc.strerror or exc}")
+    return replace(done, written=True)
+
+
+def check_determinism(first: Sequence[SnippetResult], second: Sequence[SnippetResult],
+                      options: RenderOptions) -> list[SnippetResult]:
+    """A snippet whose output differs between two runs of the same code fails, with the lines.
+    Results are paired by fence line (sessions end in any order)."""
+    again = {r.snippet.line: r for r in second}
+    return [_compare_runs(a, again[a.snippet.line], options) for a in
+            sorted(first, key=lambda r: r.snippet.line)]
+
+
+def _compare_runs(a: SnippetResult, b: SnippetResult, options: RenderOptions) -> SnippetResult:
+    if not a.status == b.status == "passed":
+        return a
+    old = "".join(output_block(a.snippet, a.output, "\n", options))
+    new = "".join(output_block(b.snippet, b.output, "\n", options))
+    pictures = zip(a.output.images(), b.output.images(), strict=False)
+    if old == new and all(same_picture(x, y) for x, y in pictures):
+        return a
+    lines = [f"{x!r} then {y!r}" for x, y in zip(old.splitlines(), new.splitlines(),
+                                                 strict=False) if x != y]
+    message = "output differs between two runs: " + (lines[0] if lines else "a figure changed")
+    diff = unified_diff(a.snippet.path, old, new)
+    return replace(a, status="failed",
+                   error=ErrorInfo(ErrorKind.NONDETERMINISTIC, message, a.snippet.line, diff))
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    diff = "".join(difflib.unified_diff(old.splitlines(keepends=True),
+                                        new.splitlines(keepends=True),
+                                        f"{path} (recorded)", f"{path} (fresh run)"))
+    if old != new and not diff:  # e.g. only a missing final newline
+        return "(the post's text differs from a fresh rendering)\n"
+    return diff
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError],
+                   config: Config, options: Options) -> ForkServers:
+    """This run's kernelspecs; with `warm`, a fork server for each env that two or more
+    sessions use (a single session gains nothing from one)."""
+    servers = ForkServers()
+    ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
+    if (any(not job.session.network for job in jobs) and ready
+            and not network_isolation(ready[0].python)):
+        say("network for snippets cannot be turned off here (no network namespaces): "
+            "snippets may reach the network")
+    sessions = Counter(job.session.env for job in jobs)
+    for env in ready:
+        if options.warm and sessions[env.spec.name] > 1:
+            servers.start(env, kernel_env(env, _passenv(config, options)),
+                          _preload(env.spec, jobs))
+        else:
+            servers.plain(env)
+    return servers
+
+
+def _preload(spec: EnvSpec, jobs: Sequence[Job]) -> list[str]:
+    """The env's preload modules that at least two of this run's sessions import: imported
+    once for them all; no session waits for a module that at most one of them needs."""
+    imports = Counter(name for job in jobs if job.session.env == spec.name
+                      for name in {n for s in job.session.snippets
+                                   for n in plan.third_party_imports(s.code)})
+    return [module for module in spec.preload if imports[module.split(".")[0]] > 1]
+
+
+class _SignalStop:
+    """Ctrl-C or SIGTERM (main thread only): stop at once. Kernels and launchers see the
+    runner go and end themselves and their children; fork servers and the run's folder are
+    removed here. No post is half-written: each is written in one rename."""
+
+    def __init__(self, servers: ForkServers) -> None:
+        self.servers = servers
+        self.signals = (signal.SIGINT, signal.SIGTERM)
+        self.installed = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> None:
+        if self.installed:
+            loop = asyncio.get_running_loop()
+            for signum in self.signals:
+                loop.add_signal_handler(signum, self._stop, signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            loop = asyncio.get_running_loop()
+            for signum in self.signals:
+                loop.remove_signal_handler(signum)
+
+    def _stop(self, signum: int) -> None:
+        self.servers.close()
+        print(f"runner: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+
+def _all_failed(session: Session, kind: str, message: str) -> tuple[SnippetResult, ...]:
+    return tuple(SnippetResult.failed(s, session.env, kind, message, s.line)
+                 for s in session.snippets)
+
+
+def _timeout(config: Config, options: Options) -> float:
+    return options.timeout or config.timeout
+
+
+def _passenv(config: Config, options: Options) -> tuple[str, ...]:
+    return (*config.passenv, *options.passenv)
+
+
+def say(text: str) -> None:
+    print(f"runner: {text}", file=sys.stderr, flush=True)
