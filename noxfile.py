@@ -1,5 +1,5 @@
 """The project's sessions: the contract's four (verify-posts, update-posts, notebooks, tests),
-lint and bench. Arguments after `--` go to the runner:
+unit (the tests that start no kernel), lint and bench. Arguments after `--` go to the runner:
 `nox -s verify-posts -- posts/x.md --jobs 2`."""
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def tests(session: nox.Session) -> None:
     """The test suite, real kernels, TensorFlow and uvicorn included."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """The fast tests: no kernel started, no env built (under a minute)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not kernel and not slow", *session.posargs)
 
 
 @nox.session

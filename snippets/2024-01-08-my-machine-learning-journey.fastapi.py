@@ -110,27 +110,26 @@
 
 # %% [markdown]
 # ```python
-# # Build the model for the 120 breeds and take one training step on a synthetic batch.
-# # The ImageNet weights are downloaded on first use; offline they come only from the Keras cache.
-# import os
-#
+# # Build the model for the 120 breeds with random weights and take one training step on a
+# # synthetic batch: the same on every machine. (Loading the ImageNet weights is a download:
+# # that call is the skipped block below.)
 # import numpy as np
 #
-# keras_home = os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras"))
-# weights_file = os.path.join(keras_home, "models",
-#                             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-# if os.path.exists(weights_file):
-#     model = create_transfer_model(num_classes=120)
-#     print("ImageNet weights loaded from the Keras cache")
-# else:
-#     model = create_transfer_model(num_classes=120, weights=None)
-#     print("ImageNet weights not available offline: architecture checked with random weights")
+# model = create_transfer_model(num_classes=120, weights=None)
+# print("Architecture checked with random weights (the ImageNet weights are a download)")
 #
 # model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 # images = np.random.default_rng(0).random((4, 224, 224, 3), dtype="float32")
 # loss = model.train_on_batch(images, np.arange(4))
 # print(f"Output shape: {model.output_shape}, parameters: {model.count_params():,}")
 # print(f"One training step on 4 synthetic images: finite loss = {bool(np.isfinite(loss))}")
+# ```
+#
+# *(runs in another environment: see the post's other notebooks)*
+
+# %% [markdown]
+# ```python
+# imagenet_model = create_transfer_model(num_classes=120)
 # ```
 #
 # *(runs in another environment: see the post's other notebooks)*
@@ -170,7 +169,7 @@
 #
 # Implementing a complete MLOps pipeline:
 
-# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 177, "snippet": 4, "code": "15c8d29b82cba514"}
+# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 175, "snippet": 5, "code": "15c8d29b82cba514"}
 # Training step: fit a model and save it for the service to load
 import joblib
 from sklearn.datasets import load_diabetes
@@ -179,7 +178,7 @@ from sklearn.linear_model import LinearRegression
 X, y = load_diabetes(return_X_y=True)
 joblib.dump(LinearRegression().fit(X, y), "trained_model.pkl")
 
-# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 195, "snippet": 5, "code": "e74ec628e957f428"}
+# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 193, "snippet": 6, "code": "e74ec628e957f428"}
 # Example model serving with FastAPI
 from typing import List
 
@@ -201,7 +200,7 @@ async def health_check():
     return {"status": "healthy"}
 
 
-# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 218, "snippet": 6, "code": "d6e78f0b1043ecff"} tags=["hidden-in-post"]
+# %% runner={"post": "posts/2024-01-08-my-machine-learning-journey.md", "line": 216, "snippet": 7, "code": "d6e78f0b1043ecff"} tags=["hidden-in-post"]
 # Serve the app with a real uvicorn on a free local port, call it over HTTP, stop it.
 import socket
 import threading

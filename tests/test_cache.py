@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner import cache
+from runner.config import Config
 from runner.markdown import parse
 from runner.model import Output, SnippetResult
 from runner.plan import plan
-from tests.conftest import run_cli, spec
+from runner.report import Run, to_json
+from runner.run import Options, run_posts
+from tests.conftest import spec
 
 ENV = spec("sklearn", "numpy")
 POST = "```python\nimport numpy\nprint(1)\n```\n\n```python\nprint(2)\n```\n"
@@ -63,36 +66,41 @@ def test_corrupt_entry_is_discarded_with_a_warning(tmp_path: Path) -> None:
     assert not entry.exists()
 
 
+def run(paths: list[Path], config: Config, **options: Any) -> Run:
+    return run_posts(paths, config, Options(**options))
+
+
 @pytest.mark.kernel
-def test_hit_builds_no_env_and_starts_no_kernel(tmp_path: Path,
+def test_hit_builds_no_env_and_starts_no_kernel(tmp_path: Path, project: Config,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "p.md"
     post.write_text("```python runner:env=sklearn\nprint('hello')\n```\n")
-    assert run_cli("update", post).returncode == 0
+    assert run([post], config, mode="update").exit_code == 0
     # No env can be built or found here: a run that needed a kernel would fail.
     monkeypatch.setenv("RUNNER_CACHE_DIR", "/dev/null/no-envs-here")
-    hit = run_cli("verify", post, "--report", tmp_path / "r.json")
-    assert hit.returncode == 0, hit.stdout + hit.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["summary"]["cached"] == 1
-    missed = run_cli("verify", post, "--no-cache")
-    assert missed.returncode == 1 and "EnvError" in missed.stdout
+    hit = run([post], config)
+    assert hit.exit_code == 0 and hit.summary()["cached"] == 1
+    assert hit.posts[0].snippets[0].output.stdout == "hello\n"
+    missed = run([post], config, cache=False)
+    assert missed.exit_code == 1 and missed.snippets[0].error is not None
+    assert missed.snippets[0].error.type == "EnvError"
     post.write_text(post.read_text().replace("hello", "changed"))  # a changed snippet misses
-    assert "EnvError" in run_cli("verify", post).stdout
+    changed = run([post], config)
+    assert changed.snippets[0].error is not None and changed.snippets[0].error.type == "EnvError"
 
 
 @pytest.mark.kernel
-def test_two_jobs_give_the_same_report_as_one(tmp_path: Path) -> None:
+def test_two_jobs_give_the_same_results_as_one(tmp_path: Path, project: Config) -> None:
     for n in range(3):
         (tmp_path / f"post-{n}.md").write_text(
             f"```python runner:env=sklearn\nprint({n})\n```\n\n```python\nprint({n} * 2)\n```\n")
-    reports = []
-    for jobs in ("1", "2"):
-        done = run_cli("verify", tmp_path, "--no-cache", "--jobs", jobs,
-                       "--report", tmp_path / f"r{jobs}.json")
-        assert done.returncode == 1  # stale: no output recorded yet
-        data = json.loads((tmp_path / f"r{jobs}.json").read_text())
-        for snippet in data["snippets"]:
+    runs = [run([tmp_path], project, cache=False, jobs=jobs) for jobs in (1, 2)]
+    reports = [to_json(r) for r in runs]
+    for report in reports:
+        for snippet in report["snippets"]:
             snippet.pop("duration_s")
-        reports.append(data)
     assert reports[0] == reports[1]
-    assert len(reports[0]["snippets"]) == 6
+    assert [p.status for p in runs[0].posts] == ["stale"] * 3  # no output recorded yet
+    assert [r.output.stdout for r in runs[1].snippets] == ["0\n", "0\n", "1\n", "2\n", "2\n",
+                                                          "4\n"]

@@ -10,8 +10,6 @@ import pytest
 from runner import config, envs
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.kernel
-
 
 @pytest.fixture
 def small_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

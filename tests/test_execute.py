@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from runner.markdown import parse
-from runner.model import Session, SnippetResult
+from runner.model import SnippetResult
 from runner.plan import plan
-
-pytestmark = pytest.mark.kernel
 
 
 def run(built, project, text: str, timeout: float = 60) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
@@ -33,6 +31,7 @@ def fences(*codes: str, info: tuple[str, ...] = ()) -> str:
     return "".join(f"```python runner:env=sklearn{i}\n{c}\n```\n" for i, c in pairs)
 
 
+@pytest.mark.kernel
 def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
         built, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     # A user-level kernelspec with the same name, pointing at another Python, must not win.
@@ -49,6 +48,7 @@ def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
     assert Path(cwd).name.startswith("runner-sklearn-") and not Path(cwd).exists()
 
 
+@pytest.mark.kernel
 def test_stdout_results_and_stderr_kept_apart(built, project) -> None:  # type: ignore[no-untyped-def]
     code = "import sys\nprint('out')\nprint('warn', file=sys.stderr)\n6 * 7"
     [result] = run(built, project, fences(code))
@@ -56,12 +56,14 @@ def test_stdout_results_and_stderr_kept_apart(built, project) -> None:  # type: 
     assert result.output.stderr == "warn\n"
 
 
+@pytest.mark.kernel
 def test_snippets_share_one_kernel_in_post_order(built, project) -> None:  # type: ignore[no-untyped-def]
     results = run(built, project, fences("x = 20", "x += 1", "print(x * 2)"))
     assert [r.status for r in results] == ["passed"] * 3
     assert results[2].output.stdout == "42\n"
 
 
+@pytest.mark.kernel
 def test_error_is_mapped_to_the_post_line_of_the_raising_statement(built, project) -> None:  # type: ignore[no-untyped-def]
     text = fences("def f():\n    return 1 / 0", "y = 1\nf()", "print('never')")
     # fence 1 at line 1 (code on 2-3), fence 2 at line 5 (code 6-7), fence 3 at line 9
@@ -73,6 +75,7 @@ def test_error_is_mapped_to_the_post_line_of_the_raising_statement(built, projec
     assert third.status == "skipped" and third.reason == "not run: the snippet at line 5 failed"
 
 
+@pytest.mark.kernel
 def test_name_error_and_syntax_error_lines(built, project) -> None:  # type: ignore[no-untyped-def]
     [name] = run(built, project, fences("a = 1\n\nprint(undefined_name)"))
     assert name.error is not None
@@ -83,6 +86,7 @@ def test_name_error_and_syntax_error_lines(built, project) -> None:  # type: ign
     assert syntax.error.post_line in (3, 4)
 
 
+@pytest.mark.kernel
 def test_raises_marker(built, project) -> None:  # type: ignore[no-untyped-def]
     text = fences("print('before')\nraise KeyError('k')", "x = 1",
                   info=(" runner:raises=KeyError", " runner:raises=ValueError"))
@@ -92,6 +96,7 @@ def test_raises_marker(built, project) -> None:  # type: ignore[no-untyped-def]
     assert silent.error.type == "DidNotRaise"
 
 
+@pytest.mark.kernel
 def test_skip_marker_does_not_run(built, project) -> None:  # type: ignore[no-untyped-def]
     text = fences("raise SystemExit('must not run')", "print('ran')",
                   info=(' runner:skip="needs network"',))
@@ -100,6 +105,7 @@ def test_skip_marker_does_not_run(built, project) -> None:  # type: ignore[no-un
     assert ran.status == "passed" and ran.output.stdout == "ran\n"
 
 
+@pytest.mark.kernel
 def test_timeout_fails_the_snippet_and_stops_the_session(built, project) -> None:  # type: ignore[no-untyped-def]
     text = fences("import time\ntime.sleep(60)", "print('after')",
                   info=(" runner:timeout=2",))
@@ -110,6 +116,7 @@ def test_timeout_fails_the_snippet_and_stops_the_session(built, project) -> None
     assert after.status == "skipped"
 
 
+@pytest.mark.kernel
 def test_dead_kernel_fails_the_snippet(built, project) -> None:  # type: ignore[no-untyped-def]
     dead, after = run(built, project, fences("import os\nos._exit(3)", "print('after')"))
     assert dead.status == "failed" and dead.error is not None
@@ -117,10 +124,15 @@ def test_dead_kernel_fails_the_snippet(built, project) -> None:  # type: ignore[
     assert after.status == "skipped"
 
 
+@pytest.mark.kernel
 def test_session_results_come_back_for_every_snippet(built, project) -> None:  # type: ignore[no-untyped-def]
-    text = fences("print(1)", "print(2)")
-    session = plan(parse("posts/t.md", text), project.envs)[0]
-    assert isinstance(session, Session) and len(run(built, project, text)) == 2
+    text = fences("print(1)", "print(2)", "print(3)", info=("", ' runner:skip="why"'))
+    [session] = plan(parse("posts/t.md", text), project.envs)
+    results = run(built, project, text)
+    assert [r.snippet.line for r in results] == [s.line for s in session.snippets] == [1, 4, 7]
+    assert [(r.status, r.output.stdout) for r in results] == [
+        ("passed", "1\n"), ("skipped", ""), ("passed", "3\n")]
+    assert results[1].reason == "why" and results[1].skipped_on_purpose
 
 
 FORGOTTEN_SERVER = """\
@@ -150,3 +162,29 @@ def test_a_server_left_running_stops_with_the_session(built, project) -> None:  
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port),
                                                                           timeout=5):
         pass
+
+
+def test_the_private_parts_of_nbclient_and_jupyter_client_we_use_are_still_there() -> None:
+    """execute._Client replaces nbclient's `async_setup_kernel` (less its signal handlers) and
+    calls private methods of nbclient and jupyter_client. pyproject pins the minor versions this
+    was tested with; this fails when an upgrade changes what the runner relies on."""
+    import hashlib
+    import inspect
+
+    from jupyter_client.client import KernelClient
+    from nbclient import NotebookClient
+
+    assert list(inspect.signature(NotebookClient._async_cleanup_kernel).parameters) == ["self"]
+    assert list(inspect.signature(KernelClient._handle_kernel_info_reply).parameters) == [
+        "self", "msg"]
+    for name in ("async_start_new_kernel", "async_start_new_kernel_client",
+                 "create_kernel_manager", "async_execute_cell", "async_wait_for_reply"):
+        assert inspect.iscoroutinefunction(getattr(NotebookClient, name)) or name == (
+            "create_kernel_manager"), name
+    from nbformat.v4 import new_notebook
+
+    assert NotebookClient(new_notebook()).owns_km is True  # set in __init__: no km was given
+    # The method the runner's client replaces: a change to it must be looked at, and the
+    # override brought up to date (then update this digest).
+    source = inspect.getsource(NotebookClient.async_setup_kernel)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == "189461fd8c55187b"

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,7 @@ def snippets(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [s for s in data["snippets"] if Path(s["post"]).name == name]
 
 
-pytestmark = pytest.mark.kernel
-
-
+@pytest.mark.kernel
 def test_hang_times_out_and_the_rest_is_not_run(hostile) -> None:  # type: ignore[no-untyped-def]
     _, data, stdout = hostile
     hang, after = snippets(data, "hang.md")
@@ -59,6 +58,7 @@ def test_hang_times_out_and_the_rest_is_not_run(hostile) -> None:  # type: ignor
     assert "hang.md:7: TimeoutError: timed out after 2 s" in stdout
 
 
+@pytest.mark.kernel
 def test_dead_kernels_name_the_exit(hostile) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = hostile
     [dead] = snippets(data, "dead-kernel.md")
@@ -69,6 +69,7 @@ def test_dead_kernels_name_the_exit(hostile) -> None:  # type: ignore[no-untyped
     assert "SIGSEGV" in segv["error"]["message"]
 
 
+@pytest.mark.kernel
 def test_memory_bomb_fails_cleanly(hostile) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = hostile
     [bomb] = snippets(data, "memory-bomb.md")
@@ -76,6 +77,7 @@ def test_memory_bomb_fails_cleanly(hostile) -> None:  # type: ignore[no-untyped-
     assert bomb["error"]["post_line"] == 10
 
 
+@pytest.mark.kernel
 def test_fork_bomb_is_bounded(hostile) -> None:  # type: ignore[no-untyped-def]
     folder, data, _ = hostile
     [bomb] = snippets(data, "fork-bomb.md")
@@ -87,6 +89,7 @@ def test_fork_bomb_is_bounded(hostile) -> None:  # type: ignore[no-untyped-def]
     assert 0 < refused < 256  # the per-kernel process limit, far below 5000
 
 
+@pytest.mark.kernel
 def test_writes_stay_in_the_scratch_folder(hostile) -> None:  # type: ignore[no-untyped-def]
     folder, data, _ = hostile
     [writes] = snippets(data, "writes-files.md")
@@ -95,6 +98,7 @@ def test_writes_stay_in_the_scratch_folder(hostile) -> None:  # type: ignore[no-
     assert not (folder / "results.txt").exists() and not (folder / "sub").exists()
 
 
+@pytest.mark.kernel
 def test_secrets_do_not_reach_kernels(hostile) -> None:  # type: ignore[no-untyped-def]
     folder, _, _ = hostile
     env = {**os.environ, "RUNNER_TEST_SECRET_TOKEN": "hunter2"}
@@ -105,6 +109,7 @@ def test_secrets_do_not_reach_kernels(hostile) -> None:  # type: ignore[no-untyp
     assert "```text runner:output\nNone\n[]\n```" in text
 
 
+@pytest.mark.kernel
 def test_forgotten_server_and_child_are_stopped(hostile) -> None:  # type: ignore[no-untyped-def]
     folder, _, _ = hostile
     assert run_cli("update", folder / "forgotten-server.md", "--no-cache").returncode == 0
@@ -114,6 +119,7 @@ def test_forgotten_server_and_child_are_stopped(hostile) -> None:  # type: ignor
     assert not alive(child)
 
 
+@pytest.mark.kernel
 def test_network_is_off_unless_the_post_opts_in(hostile, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder, _, stdout = hostile
     if "cannot be turned off here" in stdout:
@@ -127,12 +133,14 @@ def test_network_is_off_unless_the_post_opts_in(hostile, tmp_path: Path) -> None
     assert "no network: gaierror" not in opted.read_text()
 
 
+@pytest.mark.kernel
 def test_other_posts_still_run(hostile) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = hostile
     [good] = snippets(data, "zz-good.md")
     assert good["status"] == "passed"
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("warm", [True, False])
 def test_no_process_outlives_the_runner(tmp_path: Path, how: int, warm: bool) -> None:
@@ -160,6 +168,7 @@ def test_no_process_outlives_the_runner(tmp_path: Path, how: int, warm: bool) ->
     assert not survivors, [cmdline(pid) for pid in survivors]
 
 
+@pytest.mark.kernel
 def test_broken_posts_are_errors_and_lose_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "posts"
     folder.mkdir()
@@ -220,6 +229,7 @@ def test_env_without_a_lock_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "has no requirements.lock" in done.stderr
 
 
+@pytest.mark.kernel
 def test_two_updates_at_once_never_corrupt_a_post(tmp_path: Path) -> None:
     post = tmp_path / "p.md"
     post.write_text("---\ntitle: t\n---\n\n```python runner:env=sklearn\nprint(42)\n```\n")
@@ -235,14 +245,17 @@ def test_two_updates_at_once_never_corrupt_a_post(tmp_path: Path) -> None:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400))
-def test_random_bytes_raise_only_runner_errors(data: bytes) -> None:
+def test_random_bytes_read_as_a_post_raise_only_post_errors(data: bytes) -> None:
+    """The way a post comes in: bytes on disk, decoded by posts.read (not UTF-8 is a
+    PostError at the line of the bad byte), then parsed."""
+    path = Path(tempfile.mkdtemp()) / "fuzz.md"
+    path.write_bytes(data)
     try:
-        text = data.decode("utf-8")
-        markdown.parse("fuzz.md", text)
-    except UnicodeDecodeError:
-        pass
+        markdown.parse("fuzz.md", posts.read(path))
     except RunnerError as exc:
-        assert exc.path == "fuzz.md"
+        assert exc.path in ("fuzz.md", str(path)) and (exc.line is None or exc.line >= 1)
+    finally:
+        shutil.rmtree(path.parent)
 
 
 MARKDOWN_BITS = st.sampled_from([
@@ -253,9 +266,11 @@ MARKDOWN_BITS = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(MARKDOWN_BITS, max_size=30))
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(MARKDOWN_BITS, MARKDOWN_BITS, st.text(max_size=12)), max_size=30))
 def test_random_markdown_raises_only_runner_errors(bits: list[str]) -> None:
+    """Markdown's own pieces mixed with any text (every Unicode character, lone \r,
+    NUL): the parser returns a post whose snippets lie inside it, or a RunnerError."""
     text = "".join(bits)
     try:
         post = markdown.parse("fuzz.md", text)

@@ -145,3 +145,48 @@ def test_run_posts_without_a_runner_project_is_a_usage_error(pytester: pytest.Py
     result = pytester.runpytest(*PLUGIN, "--run-posts", "post.md")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*runner: no pyproject.toml with [[]tool.runner[]]*"])
+
+
+def _comparable(report_path: Path) -> dict:  # type: ignore[type-arg]
+    """A JSON report without what differs from run to run (durations)."""
+    import json
+
+    data = json.loads(report_path.read_text(encoding="utf-8"))
+    for snippet in data["snippets"]:
+        snippet.pop("duration_s")
+    return data  # type: ignore[no-any-return]
+
+
+@pytest.mark.kernel
+def test_the_plugin_and_the_cli_give_the_same_result_cached_or_not(
+        project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_EXECUTION_CACHE", str(tmp_path / "cache"))  # empty at first
+    write(project, fresh=FRESH, failing=FAILING, stale=STALE)
+    reports = {}
+    for attempt, plugin_flags, cli_flags in (("cold", ["--runner-no-cache"], ["--no-cache"]),
+                                             ("cached", [], [])):
+        plugin = tmp_path / f"plugin-{attempt}.json"
+        project.runpytest(*PLUGIN, "--run-posts", "--runner-report", str(plugin), *plugin_flags)
+        cli = tmp_path / f"cli-{attempt}.json"
+        run_cli("verify", "posts/", "--report", cli, *cli_flags, cwd=project.path)
+        reports[attempt] = _comparable(plugin), _comparable(cli)
+    cold_plugin, cold_cli = reports["cold"]
+    assert cold_plugin == cold_cli
+    assert cold_plugin["summary"] == {"passed": 3, "failed": 1, "skipped": 3, "stale": 1,
+                                      "cached": 0}
+    cached_plugin, cached_cli = reports["cached"]
+    assert cached_plugin == cached_cli
+    # The cold runs filled the cache: the fresh and stale posts' sessions come from it (a
+    # failing session is never stored), in the plugin's second run as in the CLI's.
+    assert cached_plugin["summary"]["cached"] == 4
+    assert [p["status"] for p in cached_plugin["posts"]] == ["failed", "passed", "stale"]
+
+
+@pytest.mark.kernel
+def test_the_plugin_passes_parameters_as_the_cli_does(project: pytest.Pytester) -> None:
+    post = ("# Params\n\n" + fence("EPOCHS = 10", " runner:parameters") + "\n"
+            + fence("assert EPOCHS == 1, EPOCHS"))
+    write(project, params=post)
+    project.runpytest(*PLUGIN, "--run-posts").assert_outcomes(failed=1, passed=1)
+    project.runpytest(*PLUGIN, "--run-posts", "--runner-param", "EPOCHS=1").assert_outcomes(
+        passed=2)

@@ -4,7 +4,6 @@ real kernels, and the pure helpers on their own."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from runner.atomic import write_atomic
+from runner.config import Config
 from runner.images import same_picture
 from runner.writeback import markdown_table
 from tests.conftest import FIXTURES, ROOT, run_cli
@@ -164,16 +164,20 @@ def test_edited_stamp_is_stale_and_update_restores_it(rich: Path) -> None:
 
 
 @pytest.mark.kernel
-def test_check_determinism_fails_output_that_changes(tmp_path: Path) -> None:
+def test_check_determinism_fails_output_that_changes(tmp_path: Path, project: Config) -> None:
+    from runner.run import Options, run_posts
+
     post = tmp_path / "random.md"
     post.write_text("```python runner:env=sklearn\nprint('same')\n```\n\n"
                     "```python\nimport random\nprint(random.random())\n```\n")
-    done = runner("verify", post, "--check-determinism", "--report", tmp_path / "r.json")
-    assert done.returncode == 1
-    first, second = json.loads((tmp_path / "r.json").read_text())["snippets"]
-    assert first["status"] == "passed"
-    assert second["status"] == "failed" and second["error"]["type"] == "Nondeterministic"
-    assert "output differs between two runs" in second["error"]["message"]
+    run = run_posts([post], project, Options(check_determinism=True))
+    assert run.exit_code == 1
+    first, second = run.snippets
+    assert first.status == "passed"
+    assert second.status == "failed" and second.error is not None
+    assert second.error.type == "Nondeterministic"
+    assert "output differs between two runs" in second.error.message
+    assert not any(r.cached for r in run.snippets)
 
 
 @pytest.mark.kernel

@@ -15,8 +15,6 @@ from runner.model import SnippetResult
 from runner.plan import plan
 from runner.warm import ForkServers
 
-pytestmark = pytest.mark.kernel
-
 
 @pytest.fixture
 def servers(built) -> Iterator[ForkServers]:  # type: ignore[no-untyped-def]
@@ -41,6 +39,7 @@ def run(servers: ForkServers, built, project, *codes: str) -> list[list[SnippetR
     return asyncio.run(main())
 
 
+@pytest.mark.kernel
 def test_kernels_are_forked_from_the_server_in_the_env(servers, built, project) -> None:  # type: ignore[no-untyped-def]
     code = ("import os, sys\nprint(sys.prefix)\n"
             "print(open(f'/proc/{os.getppid()}/cmdline').read().split(chr(0))[2])")
@@ -51,6 +50,7 @@ def test_kernels_are_forked_from_the_server_in_the_env(servers, built, project) 
     assert parent == "serve"  # the kernel's parent is the fork server, not a fresh launcher
 
 
+@pytest.mark.kernel
 def test_sessions_share_no_state(servers, built, project) -> None:  # type: ignore[no-untyped-def]
     first, second = run(
         servers, built, project,
@@ -60,6 +60,7 @@ def test_sessions_share_no_state(servers, built, project) -> None:  # type: igno
     assert first[0].output.stdout != second[0].output.stdout.splitlines()[1] + "\n"
 
 
+@pytest.mark.kernel
 def test_timeout_and_dead_kernel_in_a_forked_kernel(servers, built, project) -> None:  # type: ignore[no-untyped-def]
     async def main() -> list[SnippetResult]:
         await servers.ready("sklearn")
@@ -78,6 +79,7 @@ def test_timeout_and_dead_kernel_in_a_forked_kernel(servers, built, project) -> 
     assert dead.error is not None and dead.error.type == "DeadKernelError"
 
 
+@pytest.mark.kernel
 def test_no_process_survives_the_run(built, project) -> None:  # type: ignore[no-untyped-def]
     pool = ForkServers()
     env = built("sklearn")
@@ -93,6 +95,7 @@ def test_no_process_survives_the_run(built, project) -> None:  # type: ignore[no
         assert not _alive(pid), pid
 
 
+@pytest.mark.kernel
 def test_launcher_falls_back_to_a_plain_kernel_without_a_server(built, project) -> None:  # type: ignore[no-untyped-def]
     pool = ForkServers()
     env = built("sklearn")

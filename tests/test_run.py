@@ -1,0 +1,78 @@
+"""`runner.run_posts`, the one run behind the CLI and the pytest plugin, called in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.config import Config
+from runner.errors import UsageError
+from runner.report import PostOutcome
+from tests.conftest import ROOT
+
+POST = ROOT / "posts" / "2024-01-08-my-machine-learning-journey.md"
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_the_users_post_runs_in_process_from_the_package() -> None:
+    from runner import Options, run_posts
+
+    run = run_posts([POST], options=Options(cache=False))  # config found from the cwd up
+    [post] = run.posts
+    assert post.status == "passed" and run.exit_code == 0
+    assert {r.env for r in post.snippets} == {"sklearn", "tensorflow", "fastapi"}
+    assert [r.status for r in post.snippets].count("passed") == 6
+    assert post.fresh is not None and post.fresh.text == POST.read_text(encoding="utf-8")
+    mse = next(r for r in post.snippets if "Test MSE" in r.output.stdout)
+    assert mse.output.stdout == "Test MSE: 2900.19\n"
+
+
+def test_posts_settle_one_by_one_and_a_bad_one_stops_nothing(
+        tmp_path: Path, project: Config) -> None:
+    from runner.run import Options, run_posts
+
+    (tmp_path / "a-prose.md").write_text("# Only prose\n\nNo code here.\n")
+    (tmp_path / "b-broken.md").write_text("---\ntitle: [unclosed\n---\n\n# Broken\n")
+    (tmp_path / "c-prose.md").write_text("# More prose\n")
+    seen: list[tuple[str, str, int, int]] = []
+
+    def done(outcome: PostOutcome, count: int, total: int) -> None:
+        seen.append((Path(outcome.path).name, outcome.status, count, total))
+
+    run = run_posts([tmp_path], project, Options(), done)
+    assert [(Path(p.path).name, p.status) for p in run.posts] == [
+        ("a-prose.md", "passed"), ("b-broken.md", "error"), ("c-prose.md", "passed")]
+    assert sorted(seen) == [("a-prose.md", "passed", 1, 3), ("b-broken.md", "error", 2, 3),
+                            ("c-prose.md", "passed", 3, 3)]
+    assert run.posts[1].error_line == 2 and "invalid YAML" in (run.posts[1].error or "")
+    assert run.exit_code == 1
+
+
+def test_only_a_wrong_call_raises(tmp_path: Path, project: Config) -> None:
+    from runner.run import Options, run_posts
+
+    with pytest.raises(UsageError, match="no such post or folder"):
+        run_posts([tmp_path / "missing.md"], project)
+    (tmp_path / "p.md").write_text("# p\n")
+    with pytest.raises(UsageError, match="--param"):
+        run_posts([tmp_path / "p.md"], project, Options(params=(("EPOCHS", "not a literal("),)))
+
+
+@pytest.mark.kernel
+def test_update_mode_writes_and_a_second_run_is_a_cache_hit(tmp_path: Path,
+                                                            project: Config) -> None:
+    from dataclasses import replace
+
+    from runner.run import Options, run_posts
+
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "p.md"
+    post.write_text("# p\n\n```python runner:env=sklearn\nprint(6 * 7)\n```\n")
+    stale = run_posts([post], config)
+    assert stale.posts[0].status == "stale" and "+42" in stale.posts[0].diff
+    written = run_posts([post], config, Options(mode="update"))
+    assert written.posts[0].written and "\n42\n" in post.read_text()
+    again = run_posts([post], config)
+    assert again.posts[0].status == "passed" and again.summary()["cached"] == 1
