@@ -7,6 +7,7 @@ import scikit-learn, ones that import TensorFlow. For each set, one run of each:
   papermill   papermill executing the same notebooks (the runner's session notebooks), in turn
   cold/1      the runner, --no-cache --no-warm --jobs 1: a fresh kernel per session
   warm/1      the runner, --no-cache --jobs 1: kernels forked from the env's fork server
+  warm/1 nosb the same with RUNNER_NO_SANDBOX=1: the difference is the sandbox's cost
   warm/2      the same with --jobs 2
   cached      the runner with its execution cache filled: no kernel at all
 
@@ -110,11 +111,13 @@ def bench_set(base: Path, name: str, count: int, project: config.Config) -> dict
         [str(env.python), "-c", "\n".join(s.code for s in session.snippets)],
         cwd=base, check=True, capture_output=True) for session in sessions])
     out["papermill"] = papermill(base / f"nb-{name}", sessions, env)
-    for label, extra in (("cold/1", ["--no-cache", "--no-warm", "--jobs", "1"]),
-                         ("warm/1", ["--no-cache", "--jobs", "1"]),
-                         ("warm/2", ["--no-cache", "--jobs", "2"]),
-                         ("cached", [])):
-        seconds, peak = run_measured([*runner, "verify", str(folder), *extra], variables)
+    unsandboxed = {**variables, "RUNNER_NO_SANDBOX": "1"}
+    for label, extra, where in (("cold/1", ["--no-cache", "--no-warm", "--jobs", "1"], variables),
+                                ("warm/1", ["--no-cache", "--jobs", "1"], variables),
+                                ("warm/1 nosb", ["--no-cache", "--jobs", "1"], unsandboxed),
+                                ("warm/2", ["--no-cache", "--jobs", "2"], variables),
+                                ("cached", [], variables)):
+        seconds, peak = run_measured([*runner, "verify", str(folder), *extra], where)
         out[label] = seconds
         out[f"{label} peak MB"] = peak
     return out
@@ -162,7 +165,7 @@ def run_measured(command: list[str], variables: dict[str, str]) -> tuple[float, 
 
 
 def report(figures: dict[str, dict[str, float]]) -> None:
-    columns = ["floor", "papermill", "cold/1", "warm/1", "warm/2", "cached"]
+    columns = ["floor", "papermill", "cold/1", "warm/1", "warm/1 nosb", "warm/2", "cached"]
     print(f"\n{'set':<11}{'posts':>6}{'sess.':>6}" + "".join(f"{c:>11}" for c in columns))
     for name, row in figures.items():
         print(f"{name:<11}{row['posts']:>6.0f}{row['sessions']:>6.0f}"
@@ -175,7 +178,8 @@ def report(figures: dict[str, dict[str, float]]) -> None:
         peak = max(row[f"{c} peak MB"] for c in ("cold/1", "warm/1", "warm/2", "cached"))
         print(f"  {name:<11} cold/1 {over['cold/1']:+.3f}  warm/1 {over['warm/1']:+.3f}  "
               f"warm/2 {over['warm/2']:+.3f}   jobs 2 x{row['warm/1'] / row['warm/2']:.2f}   "
-              f"papermill / warm/1 x{row['papermill'] / row['warm/1']:.2f}   {peak:.0f} MB")
+              f"papermill / warm/1 x{row['papermill'] / row['warm/1']:.2f}   {peak:.0f} MB   "
+              f"sandbox {(row['warm/1'] - row['warm/1 nosb']) / n * 1000:+.0f} ms/session")
     if "light" in figures:
         light = figures["light"]
         per_session = (light["warm/1"] - light["floor"]) / light["sessions"]
@@ -191,6 +195,9 @@ def report(figures: dict[str, dict[str, float]]) -> None:
             ("faster than papermill (light, jobs 1)", light["warm/1"] < light["papermill"],
              f"x{light['papermill'] / light['warm/1']:.2f}"),
             ("runner peak RSS <= 150 MB", peak <= 150, f"{peak:.0f} MB"),
+            ("sandbox cost per session <= 30 ms (light, warm/1 vs RUNNER_NO_SANDBOX)",
+             (light["warm/1"] - light["warm/1 nosb"]) / light["sessions"] <= 0.030,
+             f"{(light['warm/1'] - light['warm/1 nosb']) / light['sessions'] * 1000:+.0f} ms"),
         ]
         print("\ntargets:")
         for text, ok, value in checks:

@@ -1,10 +1,24 @@
-"""Write a file atomically: a reader, or a crash, sees the old file or the new one, never part."""
+"""Files on disk, safely: a write is atomic (a reader, or a crash, sees the old file or the new
+one, never part), and a read (`read_regular`) never waits on a FIFO or device, nor reads more
+than a limit.
+
+The temp file is named `.{name}.runner-{pid}-XXXXXXXX.tmp` after the process writing it, so that
+one left behind by a writer that died (SIGKILL, power cut) can be told from one being written
+now, and removed by a later run (`remove_stale_temps`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import stat
 import tempfile
+import time
 from pathlib import Path
+
+STALE_TEMP = re.compile(r"\A\..+\.runner-(\d+)-[a-z0-9_]+\.tmp\Z")
+MAX_SCAN = 10_000  # folder entries looked at by one sweep, so a huge folder costs little
+MIN_AGE_S = 60.0  # a temp file younger than this is left alone, whatever its pid says
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -12,7 +26,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     never part of either. An existing file keeps its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.runner-{os.getpid()}-",
+                                    suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -23,3 +38,97 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+class NotAFile(ValueError):
+    """Something other than a regular file stands where one is read: `kind` says what."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"{kind}, not a regular file")
+        self.kind = kind
+
+
+class TooLarge(ValueError):
+    """A file of `size` bytes or more, over the limit of a read."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes or more, over the {limit} a read allows")
+        self.size = size
+
+
+KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFLNK: "a symlink",
+         stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+         stat.S_IFSOCK: "a socket"}
+
+
+def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of `limit` bytes at most, read without ever waiting: the type
+    is checked before the open (a FIFO or a device is never opened) and again on what was opened
+    (O_NONBLOCK: a FIFO swapped in between cannot block the open), and at most `limit` + 1
+    bytes are read, so a file that grows meanwhile is refused too. Without `follow_symlinks`
+    a symlink is refused. Raises NotAFile, TooLarge or OSError."""
+    _check_regular((os.stat if follow_symlinks else os.lstat)(path).st_mode)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    handle = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(handle)
+        _check_regular(info.st_mode)
+        if info.st_size > limit:
+            raise TooLarge(info.st_size, limit)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(handle, min(left, 2**20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(handle)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise TooLarge(len(data), limit)
+    return data
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotAFile(KINDS.get(stat.S_IFMT(mode), "not a file"))
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files `write_atomic` left in `folder` when its writer died: those whose
+    pid is no longer alive and that are over `MIN_AGE_S` old (a pid from another pid namespace,
+    a container sharing the folder, looks dead here; its write takes milliseconds, not a
+    minute). Looks at `MAX_SCAN` entries at most; never raises. Returns what it removed."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for count, entry in enumerate(entries):
+            if count >= MAX_SCAN:
+                break
+            match = STALE_TEMP.match(entry.name)
+            if match and _stale(entry, int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _stale(entry: os.DirEntry[str], pid: int) -> bool:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < MIN_AGE_S:
+        return False
+    return not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts as alive)."""
+    if pid <= 0:  # 0 and -1 would ask about a whole process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -5,7 +5,8 @@ post does not change what it prints), the environment's lock hash, the runner's 
 per-snippet timeout. Only sessions whose every snippet passed (or was skipped on purpose) are
 stored, as jupyter-cache does: a failure is always run again. Each entry is one JSON file written
 by an atomic rename under a file lock, so two runs at once never see half an entry; an entry that
-cannot be read back is deleted with a warning and the session runs.
+cannot be read back (corrupt, too large, a folder, a FIFO, a symlink) is deleted with a warning
+and the session runs.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ import base64
 import contextlib
 import hashlib
 import json
+import shutil
+import stat
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from runner import __version__
-from runner.atomic import write_atomic
+from runner.atomic import read_regular, write_atomic
 from runner.model import EnvSpec, Output, Part, Session, SnippetResult
 
 FORMAT = 1
+MAX_ENTRY_BYTES = 64 * 2**20  # an entry larger than this is a miss (and is removed)
+LOCK_SECONDS = 10.0  # waiting longer for an entry's lock: the results are not stored
 
 
 def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = "") -> str:
@@ -41,38 +47,83 @@ def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = ""
 
 
 def digest(paths: Sequence[Path]) -> str:
+    """A digest of the files' names and bytes; one that cannot be read (or is not a regular
+    file by the time it is: never waited on) counts as absent."""
     hashed = hashlib.sha256()
     for path in paths:
-        with contextlib.suppress(OSError):
-            hashed.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        with contextlib.suppress(OSError, ValueError):
+            data = read_regular(path, MAX_ENTRY_BYTES)
+            hashed.update(path.name.encode() + b"\0" + hashlib.sha256(data).digest())
     return hashed.hexdigest()
+
+
+def print_warning(text: str) -> None:
+    """`store`'s warnings where its caller names no other way: one line on stderr."""
+    print(f"runner: {text}", file=sys.stderr, flush=True)
 
 
 def load(folder: Path, key: str, session: Session,
          warn: Callable[[str], None]) -> tuple[SnippetResult, ...] | None:
+    """The session's stored results, or None (a miss). An entry that is not a regular file
+    (a folder, a FIFO, a symlink: none is opened or followed), is over MAX_ENTRY_BYTES, or does
+    not parse is a miss with one warning, and is removed: it can neither stop, hang nor fool
+    a run."""
     path = _entry(folder, key)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_ENTRY_BYTES, follow_symlinks=False))
         if data["key"] != key or len(data["snippets"]) != len(session.snippets):
             raise ValueError("entry does not match its key")
         return tuple(_result(snippet, session.env, item)
                      for snippet, item in zip(session.snippets, data["snippets"], strict=True))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         warn(f"discarding a corrupt cache entry {path}: {exc}")
-        path.unlink(missing_ok=True)
+        _remove(path)
         return None
 
 
-def store(folder: Path, key: str, results: Sequence[SnippetResult]) -> None:
+def store(folder: Path, key: str, results: Sequence[SnippetResult],
+          warn: Callable[[str], None] = print_warning) -> None:
+    """Store a session's results when every snippet passed (or was skipped on purpose): one
+    atomic rename under the entry's lock (its `.lock` file lives in the cache folder). Whatever
+    stands at the entry's path (a folder, a FIFO) is replaced; a lock held for over
+    LOCK_SECONDS, or a write that fails, skips storing with a warning: never an error."""
     if any(r.status == "failed" or r.not_run_after is not None for r in results):
         return
     path = _entry(folder, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({"key": key, "snippets": [_item(r) for r in results]})
-    with FileLock(str(path) + ".lock"):
-        write_atomic(path, data.encode("utf-8"))
+    try:
+        _make_room(path.parent, folder=True)
+        with FileLock(str(path) + ".lock", timeout=LOCK_SECONDS):
+            _make_room(path, folder=False)
+            write_atomic(path, data.encode("utf-8"))
+    except Timeout:
+        warn(f"not caching {path}: its lock was held for over {LOCK_SECONDS:g} s")
+    except OSError as exc:
+        warn(f"not caching {path}: {exc.strerror or exc}")
+
+
+def _make_room(path: Path, folder: bool) -> None:
+    """`path` made ready to be a folder (mkdir) or an entry (renamed onto) by removing whatever
+    else stands there: a rename cannot replace a folder, and a FIFO or a symlink at an entry's
+    path would lend its mode (or its target's) to the new entry."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.lstat().st_mode
+        if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+            _remove(path)
+    if folder:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a bad entry: a folder with its contents, anything else (a symlink: the link
+    only) by unlink. The cache folder is the runner's own, so this is safe."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(path.lstat().st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 def _entry(folder: Path, key: str) -> Path:
@@ -92,9 +143,22 @@ def _item(result: SnippetResult) -> dict[str, Any]:
 def _result(snippet: Any, env: str, item: dict[str, Any]) -> SnippetResult:
     if item["status"] not in ("passed", "skipped"):
         raise ValueError(f"status {item['status']!r} is never stored")
-    parts = tuple(Part(p["kind"], p["text"], p["html"], base64.b64decode(p["png"]))
-                  for p in item["parts"])
-    output = Output(str(item["stdout"]), str(item["stderr"]), parts)
-    result = SnippetResult(snippet, env, item["status"], output, reason=item["reason"],
+    parts = tuple(Part(_kind(p["kind"]), _text(p["text"]), _text(p["html"]),
+                       base64.b64decode(_text(p["png"]), validate=True)) for p in item["parts"])
+    output = Output(_text(item["stdout"]), _text(item["stderr"]), parts)
+    reason = item["reason"] if item["reason"] is None else _text(item["reason"])
+    result = SnippetResult(snippet, env, item["status"], output, reason=reason,
                            duration_s=float(item["duration_s"]))
     return replace(result, cached=True)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where text was stored")
+    return value
+
+
+def _kind(value: object) -> Literal["text", "table", "image"]:
+    if value not in ("text", "table", "image"):
+        raise ValueError(f"part kind {value!r} is never stored")
+    return value

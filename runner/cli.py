@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         mode=args.command, jobs=args.jobs, timeout=args.timeout, cache=not args.no_cache,
         warm=not args.no_warm, deadline=args.deadline, shard=args.shard,
         params=tuple(parameters.parse_overrides(args.param).items()),
-        check_determinism=args.check_determinism)
+        check_determinism=args.check_determinism, require_sandbox=args.require_sandbox)
     progress = RunProgress()
     try:
         run = run_posts(args.paths, _config(), options, progress.post_done)
@@ -217,6 +217,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="start every kernel from scratch instead of forking a warm one")
     parser.add_argument("--check-determinism", action="store_true",
                         help="run every snippet twice; output that differs fails the snippet")
+    parser.add_argument("--require-sandbox", action="store_true",
+                        help="exit 2 where kernels cannot be sandboxed (bubblewrap), instead "
+                             "of running them with limits only")
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:

@@ -72,6 +72,7 @@ class KernelSetup:
     workspace: Path | None = None  # the run's own folder: scratch and sockets go in it, and
     # go with it even when the run is stopped by a signal
     stop_in_background: bool = False  # return before the kernel has ended (`kernels_stopped`)
+    sandbox: bool = False  # the kernelspec starts kernels in bubblewrap (see sandbox.py)
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,13 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     Then the kernel is stopped and its scratch folder removed: before this returns, or with
     `setup.stop_in_background` in a task, so the next session need not wait for it."""
     results: list[SnippetResult] = []
-    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=setup.workspace))
+    # The session's folder: all a sandboxed kernel sees of the run (its scratch folder, its
+    # connection file and sockets), removed with the session.
+    folder = Path(tempfile.mkdtemp(prefix="runner-session-", dir=setup.workspace))
+    scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=folder))
     copy_beside(Path(session.post).parent, scratch)
-    sockets = Path(tempfile.mkdtemp(prefix="runner-ipc-", dir=setup.workspace))
+    sockets = folder / "ipc"
+    sockets.mkdir()
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
@@ -111,7 +116,8 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         notebook = session_notebook(session)
         client = _client(notebook, env, setup.timeout, setup.kernels_dir or env.kernels_dir,
                          sockets)
-        async with client.async_setup_kernel(cwd=str(scratch), env=_variables(session, env, setup),
+        variables = _variables(session, env, setup, folder)
+        async with client.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
             await _check_prefix(client, env)
             await _run_cells(client, session, notebook, results, setup.timeout, deadline)
@@ -123,7 +129,7 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         results += [SnippetResult.failed(s, session.env, ErrorKind.KERNEL, reason)
                     for s in session.snippets if id(s) not in done]
     finally:
-        task = asyncio.ensure_future(_stop(client, log, scratch, sockets))
+        task = asyncio.ensure_future(_stop(client, log, folder))
         _stopping.add(task)
         task.add_done_callback(_stopping.discard)
         if not setup.stop_in_background:
@@ -131,11 +137,17 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     return tuple(results)
 
 
-def _variables(session: Session, env: BuiltEnv, setup: KernelSetup) -> dict[str, str]:
+def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
+               folder: Path) -> dict[str, str]:
+    """The kernel's environment, and what its launcher and sandbox need to know
+    (RUNNER_KERNEL_LIMITS, read by forkserver.py)."""
     variables = dict(setup.variables if setup.variables is not None else kernel_env(env))
     variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
         {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
-         "network": session.network})
+         "network": session.network, "sandbox": setup.sandbox, "session": str(folder),
+         "workspace": str(folder.parent)})
+    if setup.sandbox:
+        variables["TMPDIR"] = "/tmp"  # the host's TMPDIR is not in the sandbox
     return variables
 
 
@@ -164,15 +176,14 @@ def copy_beside(folder: Path, scratch: Path) -> None:
             shutil.copy2(path, scratch / path.name)
 
 
-async def _stop(client: _Client | None, log: IO[str], scratch: Path, sockets: Path) -> None:
+async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
     """Stop the kernel (nothing of it survives), then remove what the session left."""
     try:
         if client is not None and client.km is not None:
             await client._async_cleanup_kernel()
     finally:
         log.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(sockets, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
@@ -333,6 +344,7 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
     # still talk to the runner, and nothing else on the machine can talk to the kernel.
     manager.transport = "ipc"
     manager.ip = str(sockets / "kernel")
+    manager.connection_file = str(sockets / "kernel.json")  # not in a runtime folder of all
 
     def cell_timeout(cell: NotebookNode) -> float:
         return float(cell.metadata.get("runner", {}).get("timeout") or timeout)

@@ -54,8 +54,9 @@ def serve(path: str, modules: list[str]) -> None:
     runner = os.getppid()
     waiting: dict[int, socket.socket] = {}  # child pid -> the launcher's connection
     while True:
-        readable, _, _ = select.select([server], [], [], 0 if pending else 0.05)
-        if readable:
+        readable, _, _ = select.select([server, *waiting.values()], [], [],
+                                       0 if pending else 0.05)
+        if server in readable:
             connection, _ = server.accept()
             try:
                 pid = _fork_kernel(server, connection, list(waiting.values()))
@@ -64,8 +65,12 @@ def serve(path: str, modules: list[str]) -> None:
                 connection.close()
             else:
                 waiting[pid] = connection
-        elif pending:
+        elif pending and not readable:
             _preload(pending.pop(0))
+        for pid, connection in waiting.items():
+            if connection in readable:  # the launcher is gone (it sends nothing after its
+                with contextlib.suppress(ProcessLookupError):  # request): so is its kernel
+                    os.kill(pid, signal.SIGKILL)
         for pid in list(waiting):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -86,7 +91,8 @@ def _preload(name: str) -> None:
 def _fork_kernel(server: socket.socket, connection: socket.socket,
                  others: list[socket.socket]) -> int:
     connection.settimeout(10)
-    _, fds, _, _ = socket.recv_fds(connection, 1, 3)  # stdin, stdout, stderr of the launcher
+    # stdin, stdout, stderr of the launcher, then the cgroup.procs files it opened, if any
+    _, fds, _, _ = socket.recv_fds(connection, 1, 3 + len(CGROUP_CONTROLLERS))
     try:
         request = json.loads(connection.makefile("rb").readline())  # then one JSON line
     except BaseException:
@@ -108,14 +114,9 @@ def _fork_kernel(server: socket.socket, connection: socket.socket,
         os._exit(1)
 
 
-def apply_limits() -> None:
-    """The limits the runner sets for every kernel (RUNNER_KERNEL_LIMITS, JSON): memory as
-    RLIMIT_DATA (heap and private mappings: numpy's big arrays included), processes as
-    RLIMIT_NPROC and, where the pids cgroup is writable (root does not obey RLIMIT_NPROC), as a
-    cgroup of this kernel's own that its whole process tree counts against."""
-    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
-    if limits.get("network") is False:
-        without_network()
+def apply_rlimits(limits: dict[str, Any]) -> None:
+    """Memory as RLIMIT_DATA (heap and private mappings; a cgroup, where one was joined, counts
+    shared memory and tmpfs too) and processes as RLIMIT_NPROC."""
     if limits.get("memory_mb"):
         size = int(limits["memory_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (size, size))
@@ -123,63 +124,263 @@ def apply_limits() -> None:
         count = int(limits["processes"])
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
-        root = _pids_cgroup_root()
-        if root is not None:
-            group = os.path.join(root, f"runner-kernel-{os.getpid()}")
-            with contextlib.suppress(OSError):
-                os.mkdir(group)
-                with open(os.path.join(group, "pids.max"), "w") as out:
-                    out.write(str(count))
-                with open(os.path.join(group, "cgroup.procs"), "w") as out:
-                    out.write(str(os.getpid()))
+
+
+def apply_limits() -> None:
+    """Without a sandbox, the limits the runner sets for every kernel (RUNNER_KERNEL_LIMITS,
+    JSON): a network namespace of its own unless the post opts in, cgroups where they can be
+    made (root does not obey RLIMIT_NPROC), and the rlimits."""
+    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    if limits.get("network") is False:
+        without_network()
+    join_cgroups(make_cgroups(limits))
+    apply_rlimits(limits)
+
+
+# --- the sandbox of one session (inside bubblewrap's; see runner/sandbox.py) ---------------------
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = (
+    2, 4, 8, 32, 4096, 8192, 16384, 1 << 18)
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+SESSION_HOME = "/tmp/home"
+
+
+def enter_session(limits: dict[str, Any]) -> None:
+    """Make this process a kernel of its own sandbox, inside the env's (bubblewrap's): new
+    mount, pid, ipc and uts namespaces (and network, unless the post opts in). Returns in the
+    kernel, pid 2 of the new pid namespace under a small init; the process that called it stays
+    outside as the reaper and never returns: it exits with the kernel's status. Whatever the
+    kernel starts, daemons included, dies with the namespace when the kernel or the reaper
+    goes. The kernel sees only its session folder (its scratch and its connection files), a
+    private size-capped /tmp (HOME is /tmp/home) and /dev/shm, and the env and system
+    read-only; it has no capabilities and can gain none."""
+    network = bool(limits.get("network"))
+    cwd = os.getcwd()  # entered again once the view is made: the old one leads outside it
+    _check(_libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+                           | (0 if network else CLONE_NEWNET)), "unshare")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    init = os.fork()
+    if init:
+        _exit_like(init)  # the reaper
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _session_view(limits)
+    if not network:
+        _loopback_up()
+    _check(_libc().sethostname(b"runner", 6), "sethostname")
+    _drop_capabilities()
+    os.chdir("/")
+    kernel = os.fork()
+    if kernel:
+        _init(kernel)
+    os.chdir(cwd)
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    os.environ.update(HOME=SESSION_HOME, TMPDIR="/tmp")
+    # ipykernel would watch that pid, which this namespace cannot see (its parent is the
+    # init above): the namespace ends the kernel when the runner goes.
+    os.environ.pop("JPY_PARENT_PID", None)
+    os.makedirs(SESSION_HOME, exist_ok=True)
+
+
+def _session_view(limits: dict[str, Any]) -> None:
+    """Mounts: a fresh /proc; the session folder kept, every other file of the run (other
+    sessions, the fork server's socket) hidden; private /tmp and /dev/shm."""
+    session, workspace = limits["session"], limits["workspace"]
+    memory = int(limits.get("memory_mb") or 4096)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    stage = "/run/runner-session"
+    os.makedirs(stage, exist_ok=True)
+    _mount(session, stage, None, MS_BIND | MS_REC)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={memory}m,mode=1777")
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={min(memory // 2, 512)}m,mode=1777")
+    if os.path.exists(workspace):  # a run folder outside /tmp ($TMPDIR elsewhere)
+        _mount("tmpfs", workspace, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    os.makedirs(session, exist_ok=True)
+    _mount(stage, session, None, MS_MOVE)
+
+
+def _init(kernel: int) -> None:
+    """Pid 1 of the session: reaps orphans; when the kernel ends, ends with its status (and
+    with it, the namespace and everything left in it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        pid, status = os.wait()
+        if pid == kernel:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+
+
+def _exit_like(child: int) -> None:
+    """The reaper: wait for the session's init, exit with its status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+
+
+def _drop_capabilities() -> None:
+    """No capability left, in any set, and none to gain by exec (no_new_privs)."""
+    import ctypes
+
+    libc = _libc()
+    with open("/proc/sys/kernel/cap_last_cap") as last:
+        for cap in range(int(last.read()) + 1):
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    _check(libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()), "capset")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _mount(source: str | None, target: str, kind: str | None, flags: int,
+           data: str | None = None) -> None:
+    import ctypes
+
+    def encoded(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+
+    _check(_libc().mount(encoded(source), target.encode(), encoded(kind), ctypes.c_ulong(flags),
+                         encoded(data)), f"mount {target}")
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
+        error = ctypes.get_errno()
+        raise OSError(error, f"sandbox: {what}: {os.strerror(error)}")
+
+
+CGROUP_CONTROLLERS = ("memory", "pids")
+
+
+def make_cgroups(limits: dict[str, Any]) -> list[int]:
+    """Outside the sandbox (the launcher): a memory and a pids cgroup for this kernel where they
+    can be made (cgroup v1 hierarchies, or v2 with the controller enabled), each as an open
+    `cgroup.procs` for the kernel's side to join. Memory counts shared mappings and tmpfs."""
+    fds = []
+    for controller, key, files in (
+            ("memory", "memory_mb", ("memory.max", "memory.limit_in_bytes")),
+            ("pids", "processes", ("pids.max",))):
+        value = int(limits.get(key) or 0)
+        root = cgroup_root(controller)
+        if not value or root is None:
+            continue
+        group = os.path.join(root, f"runner-kernel-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.makedirs(group, exist_ok=True)
+            written = False
+            for name in files:
+                with contextlib.suppress(OSError), open(os.path.join(group, name), "w") as out:
+                    out.write(str(value * 2**20 if controller == "memory" else value))
+                    written = True
+            if written:
+                fds.append(os.open(os.path.join(group, "cgroup.procs"), os.O_WRONLY))
+    return fds
+
+
+def join_cgroups(fds: list[int]) -> list[str]:
+    """Move this process (and so all it starts) into the cgroups opened by the launcher."""
+    joined = []
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"0")
+            joined.append(fd)
+        os.close(fd)
+    return [str(fd) for fd in joined]
+
+
+def cgroup_root(controller: str) -> str | None:
+    """Where this process may make a child cgroup with `controller`: its own v1 cgroup of that
+    hierarchy, or the v2 root with the controller enabled."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/cgroup") as own:
+            for line in own:
+                _, names, path = line.rstrip("\n").split(":", 2)
+                if controller in names.split(","):
+                    folder = os.path.join("/sys/fs/cgroup", controller, path.lstrip("/"))
+                    if os.access(folder, os.W_OK):
+                        return folder
+        with open("/sys/fs/cgroup/cgroup.subtree_control") as controls:
+            if controller in controls.read().split() and os.access("/sys/fs/cgroup", os.W_OK):
+                return "/sys/fs/cgroup"
+    return None
 
 
 def without_network() -> bool:
     """Move this process into a network namespace of its own with only loopback, up: it can
     serve and call 127.0.0.1, and reach nothing else. False where that is not permitted."""
-    import ctypes
-    import fcntl
-    import struct
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+    if _libc().unshare(CLONE_NEWNET) != 0:
         return False
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
-        fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+    _loopback_up()
     return True
 
 
-def _pids_cgroup_root() -> str | None:
-    """Where a pids cgroup can be made: cgroup v1's pids hierarchy, or v2 with pids enabled."""
-    if os.path.isdir("/sys/fs/cgroup/pids"):
-        return "/sys/fs/cgroup/pids"
-    with contextlib.suppress(OSError), open("/sys/fs/cgroup/cgroup.subtree_control") as controls:
-        if "pids" in controls.read().split():
-            return "/sys/fs/cgroup"
-    return None
+def _loopback_up() -> None:
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
 
 
-def plain(argv: list[str]) -> None:
-    """A kernel started from scratch, with the same limits as a forked one, that ends its
-    process group (itself and whatever it started) when the runner is gone."""
+def plain(argv: list[str], sandbox: str | None = None) -> None:
+    """A kernel started from scratch, with the same limits as a forked one. In the sandbox:
+    this process joins the kernel's cgroups and becomes bubblewrap (its arguments are in the
+    file `sandbox`), which runs `session` inside. Without: it ends its process group (itself
+    and whatever it started) when the runner is gone."""
+    if sandbox is not None:
+        join_cgroups(make_cgroups(json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))))
+        with open(sandbox) as args_file:
+            args = json.load(args_file)
+        os.execv(args[0], [*args, "session", *argv])
     apply_limits()
     threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
     _run_kernel(argv)
 
 
+def session(argv: list[str]) -> None:
+    """Inside bubblewrap, for a kernel started from scratch: its own sandbox, then the kernel."""
+    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    enter_session(limits)
+    apply_rlimits(limits)
+    _run_kernel(argv)
+
+
 def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     os.setsid()
-    for target, fd in zip((0, 1, 2), fds, strict=True):
+    for target, fd in zip((0, 1, 2), fds[:3], strict=True):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    apply_limits()
+    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    if limits.get("sandbox"):
+        join_cgroups(fds[3:])
+        enter_session(limits)  # returns in the kernel: pid 2 of a namespace of its own
+        apply_rlimits(limits)
+    else:  # no sandbox here: the limits of old, and a watch on the launcher
+        apply_limits()
+        threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
     _run_kernel(request["argv"])
     os._exit(0)
 
@@ -202,32 +403,42 @@ def _watch(parent: int) -> None:
             os.killpg(0, signal.SIGKILL)
 
 
-def launch(path: str, argv: list[str]) -> None:
+def launch(path: str, argv: list[str], sandbox: str | None = None) -> None:
+    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    cgroups = make_cgroups(limits) if sandbox is not None else []
     try:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(path)
         request = {"cwd": os.getcwd(), "env": dict(os.environ), "argv": argv,
                    "launcher": os.getpid()}
-        socket.send_fds(client, [b"R"], [0, 1, 2])
+        socket.send_fds(client, [b"R"], [0, 1, 2, *cgroups])
         client.sendall(json.dumps(request).encode() + b"\n")
         reader = client.makefile("r")
         pid = json.loads(reader.readline())["pid"]
     except (OSError, ValueError, KeyError):  # no server: a kernel from scratch, same limits
-        plain(argv)
+        for fd in cgroups:
+            os.close(fd)
+        plain(argv, sandbox)
         return
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, lambda s, _frame: _forward(pid, s))
-    threading.Thread(target=_orphaned, args=(pid, os.getppid()), daemon=True).start()
+    for fd in cgroups:
+        os.close(fd)
+    if sandbox is None:  # in the sandbox, interrupts come as messages; the server sees us go
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, lambda s, _frame: _forward(pid, s))
+    threading.Thread(target=_orphaned, args=(None if sandbox else pid, os.getppid()),
+                     daemon=True).start()
     line = reader.readline()
     status = json.loads(line)["status"] if line else 1
     sys.exit(status if status >= 0 else 128 - status)
 
 
-def _orphaned(pid: int, parent: int) -> None:
-    """The runner died without stopping this kernel (SIGKILL, a crash): stop it here."""
+def _orphaned(pid: int | None, parent: int) -> None:
+    """The runner died without stopping this kernel (SIGKILL, a crash): stop it here (in the
+    sandbox, the server stops it when this launcher is gone)."""
     while os.getppid() == parent:
         time.sleep(0.2)
-    _forward(pid, signal.SIGKILL)
+    if pid is not None:
+        _forward(pid, signal.SIGKILL)
     os._exit(1)
 
 
@@ -244,12 +455,27 @@ def _send(connection: socket.socket, message: dict[str, int]) -> None:
         connection.sendall((json.dumps(message) + "\n").encode())
 
 
+def _sandbox_option(args: list[str]) -> tuple[str | None, list[str]]:
+    """`--sandbox FILE` (bubblewrap's arguments) ahead of the kernel's own arguments."""
+    if args[:1] == ["--sandbox"]:
+        return args[1], args[2:]
+    return None, args
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "can-isolate":
+    command = sys.argv[1]
+    if command == "can-isolate":
         sys.exit(0 if without_network() else 1)
-    if sys.argv[1] == "serve":
+    if command == "can-sandbox":  # run inside bubblewrap: can a session's namespaces be made?
+        _check(_libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+                               | CLONE_NEWNET), "unshare")
+        sys.exit(0)
+    if command == "serve":
         serve(sys.argv[2], sys.argv[3:])
-    elif sys.argv[1] == "plain":
-        plain(sys.argv[2:])
+    elif command == "plain":
+        plain(*reversed(_sandbox_option(sys.argv[2:])))  # type: ignore[arg-type]
+    elif command == "session":
+        session(sys.argv[2:])
     else:
-        launch(sys.argv[2], sys.argv[3:])
+        sandbox_file, rest = _sandbox_option(sys.argv[3:])
+        launch(sys.argv[2], rest, sandbox_file)

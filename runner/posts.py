@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import os
-import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
-from runner.atomic import write_atomic
+from runner.atomic import NotAFile, TooLarge, read_regular, remove_stale_temps, write_atomic
 from runner.errors import PostError, UsageError
 from runner.images import same_picture
 from runner.markdown import POST_SUFFIXES
@@ -26,6 +25,10 @@ from runner.writeback import (
 )
 
 MAX_BYTES = 5 * 2**20  # a post larger than this is refused, not parsed
+FIGURE_MAX_BYTES = 64 * 2**20  # a figure file larger than this is drawn again
+LOCK_SECONDS = 60.0  # waiting longer for another run's lock on a post: not written
+SWEEP_EVERY_S = 60.0  # a folder's stale temp files are looked for this often at most
+_swept: dict[str, float] = {}  # folder -> when its stale temp files were last removed
 
 
 def find(paths: Iterable[Path]) -> list[Path]:
@@ -52,45 +55,115 @@ def relative(path: Path) -> Path:
 
 
 def read(path: Path) -> str:
-    """The post's text, exactly (BOM and line endings kept); UTF-8 or a PostError."""
-    try:
-        if path.is_dir():
-            raise PostError("is a folder, not a post", path)
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise PostError(f"is {size / 2**20:.1f} MB, more than a post may be "
-                            f"({MAX_BYTES // 2**20} MB)", path)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PostError(f"cannot read: {exc.strerror or exc}", path) from exc
+    """The post's text, exactly (BOM and line endings kept); UTF-8 or a PostError. Only a
+    regular file (or a symlink to one) is a post: a FIFO, a device or a folder so named is a
+    PostError at once, never a wait; at most MAX_BYTES are read, even of a file that grows."""
+    return _read(path, path)
+
+
+def _read(path: Path, shown: Path) -> str:
+    """`path`'s text; errors name `shown` (the post as the user named it)."""
+    sweep(path.parent)
+    data = _read_bounded(path, shown)
     if not data.strip():
-        raise PostError("is empty", path, 1)
+        raise PostError("is empty", shown, 1)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise PostError(f"not UTF-8: byte 0x{data[exc.start]:02x} cannot be decoded",
-                        path, line) from exc
+                        shown, line) from exc
+
+
+def _read_bounded(path: Path, shown: Path) -> bytes:
+    """At most MAX_BYTES of a regular file (`atomic.read_regular`): never a wait on a FIFO or
+    device, never more than the limit of a file that grows while read."""
+    try:
+        return read_regular(path, MAX_BYTES)
+    except NotAFile as exc:
+        if exc.kind == "a folder":
+            raise PostError("is a folder, not a post", shown) from exc
+        raise PostError(f"is {exc.kind}, not a regular file: not read", shown) from exc
+    except TooLarge as exc:
+        raise PostError(f"is {exc.size / 2**20:.1f} MB or more, over the "
+                        f"{MAX_BYTES // 2**20} MB a post may be", shown) from exc
+    except OSError as exc:
+        raise PostError(f"cannot read: {exc.strerror or exc}", shown) from exc
+
+
+def sweep(folder: Path) -> None:
+    """Remove the temp files that writers which died left in a post's folder (see
+    `atomic.remove_stale_temps`): one listdir per folder and SWEEP_EVERY_S at most."""
+    key = os.path.abspath(folder)
+    now = time.monotonic()
+    last = _swept.get(key)
+    if last is None or now - last >= SWEEP_EVERY_S:
+        _swept[key] = now
+        remove_stale_temps(folder)
 
 
 def replace(path: Path, old: str, new: str) -> None:
     """Write `new` over the post in one rename, unless the post changed since it was read.
-    Compare and rename happen under a lock of this post's, so of two runs at once (two
-    terminals, CI and a hook) each writes what it read over, or nothing."""
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    with FileLock(Path(tempfile.gettempdir()) / f"runner-post-{key}.lock"):
-        current = read(path)
+
+    A post that is a symlink is written through it: the link's target gets the new text and
+    the link stays a link (a post kept elsewhere and linked into posts/ is updated where it
+    lives). Compare and rename happen under a lock on the target's folder, so of two runs at
+    once (two terminals, CI and a hook) each writes what it read over, or nothing; a lock
+    held elsewhere for over LOCK_SECONDS is a PostError and nothing is written."""
+    target = Path(os.path.realpath(path))
+    with _folder_locked(target.parent, path):
+        current = _read(target, path)
         if current == new:
             return  # another run wrote the same
         if current != old:
             raise PostError("changed on disk while the runner ran: not written", path)
-        write_atomic(path, new.encode("utf-8"))
+        write_atomic(target, new.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path, post: Path) -> Iterator[None]:
+    """An exclusive flock on the post's folder, opened read-only.
+
+    Why the folder and not a lock file: a lock file is either left behind (one per post ever
+    run, as /tmp/runner-post-*.lock once were) or removed after use, and removing races: a run
+    that opened the file just before it was unlinked locks the orphaned inode while the next
+    run creates and locks a new file, and both write. The folder exists as long as its post
+    does, nothing is created, and the kernel drops a flock when its holder exits however it
+    exits, so the lock never goes stale. It covers every post in the folder, for the
+    milliseconds of one compare and rename. Where a filesystem refuses flock on a folder (some
+    network filesystems), the post is written unlocked: the compare just before the rename
+    still refuses a post changed since it was read."""
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _lock(handle, post)
+        yield
+    finally:
+        os.close(handle)  # drops the lock
+
+
+def _lock(handle: int, post: Path) -> None:
+    deadline = time.monotonic() + LOCK_SECONDS
+    pause = 0.01
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise PostError(f"another run holds this post's lock for over "
+                                f"{LOCK_SECONDS:g} s: not written", post) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+        except OSError:
+            return  # no flock here: see _folder_locked
 
 
 def read_bytes(path: Path) -> bytes | None:
+    """A figure's bytes, or None where there is no regular file of FIGURE_MAX_BYTES at most
+    (a FIFO so named is not waited on: the figure is drawn again)."""
     try:
-        return path.read_bytes()
-    except OSError:
+        return read_regular(path, FIGURE_MAX_BYTES)
+    except (OSError, ValueError):
         return None
 
 
@@ -130,6 +203,7 @@ def write_fresh(path: Path, old: str, fresh: Fresh) -> None:
     if fresh.text != old:
         replace(path, old, fresh.text)
     for picture in fresh.redrawn:
+        sweep(picture.parent)
         write_atomic(picture, fresh.pictures[picture])
     for orphan in fresh.orphans:
         orphan.unlink()

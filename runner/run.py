@@ -25,9 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from runner import cache, envs, markdown, parameters, plan, posts
+from runner import cache, envs, markdown, parameters, plan, posts, sandbox
 from runner.config import Config, load
-from runner.errors import EnvError, PostError, RunnerError
+from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.execute import Deadline, KernelSetup, files_beside, kernel_env, kernels_stopped
 from runner.execute import run_session as _run_session
 from runner.images import same_picture
@@ -37,6 +37,7 @@ from runner.warm import ForkServers, network_isolation
 from runner.writeback import RenderOptions, output_block, stamp_value
 
 Mode = Literal["verify", "update"]
+NO_SANDBOX = "RUNNER_NO_SANDBOX"  # set: kernels run with limits only (to measure the sandbox)
 OnPostDone = Callable[[PostOutcome, int, int], None]  # (outcome, posts done, posts in the run)
 
 
@@ -54,6 +55,7 @@ class Options:
     shard: tuple[int, int] | None = None  # (K, N): run only the K-th of N slices
     check_determinism: bool = False  # run every session twice; differing output fails
     passenv: tuple[str, ...] = ()  # more variables kernels may see, beyond [tool.runner]'s
+    require_sandbox: bool = False  # no sandbox for kernels here: a UsageError, not a warning
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,8 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
     servers = _start_servers(jobs, built, config, options)
     setups = {name: KernelSetup(_timeout(config, options), servers.kernels_dir(name),
                                 tuple(kernel_env(env, _passenv(config, options)).items()),
-                                servers.folder, stop_in_background=True)
+                                servers.folder, stop_in_background=True,
+                                sandbox=servers.bwrap is not None)
               for name, env in built.items() if isinstance(env, envs.BuiltEnv)}
 
     async def one(job: Job) -> None:
@@ -278,7 +281,9 @@ class _Tally:
 def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mode: Mode,
            options: RenderOptions) -> PostOutcome:
     """A post's outcome from its results: failed, or compared with a fresh rendering (verify)
-    and written when it differs (update)."""
+    and written when it differs (update). A post whose bytes on disk are no longer those
+    parsed at the start is an error, never passed nor stale: its results may not be its
+    own (update: `posts.replace` refuses to write it, under its lock)."""
     path = str(item.path)
     if item.error is not None or item.post is None:
         error = item.error or PostError("not parsed", path)
@@ -287,17 +292,19 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     if any(r.status == "failed" for r in results):
         return PostOutcome(path, "failed", parameters=given, snippets=results)
     if given:  # a run with other parameters prints other output: neither compared nor written
-        return PostOutcome(path, "passed", parameters=given, snippets=results)
+        return (_changed_on_disk(item.path, item.post.text, results)
+                or PostOutcome(path, "passed", parameters=given, snippets=results))
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
                                   if r.status == "passed"}
     fresh = posts.freshen(item.path, item.post, outputs,
                           stamp_value(item.sessions, config.envs), options)
     done = PostOutcome(path, "passed", snippets=results, fresh=fresh)
     if not fresh.differs(item.post.text):
-        return done
+        return _changed_on_disk(item.path, item.post.text, results) or done
     if mode == "verify":
-        return replace(done, status="stale",
-                       diff=unified_diff(path, item.post.text, fresh.text) + fresh.notes())
+        stale = replace(done, status="stale",
+                        diff=unified_diff(path, item.post.text, fresh.text) + fresh.notes())
+        return _changed_on_disk(item.path, item.post.text, results) or stale
     try:
         posts.write_fresh(item.path, item.post.text, fresh)
     except RunnerError as exc:
@@ -305,6 +312,20 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     except OSError as exc:
         return replace(done, status="error", error=f"cannot write: {exc.strerror or exc}")
     return replace(done, written=True)
+
+
+def _changed_on_disk(path: Path, parsed: str,
+                     results: tuple[SnippetResult, ...]) -> PostOutcome | None:
+    """An error outcome when the post on disk is no longer the text parsed at the start (or
+    can no longer be read); None when it is unchanged."""
+    try:
+        unchanged = posts.read(path) == parsed
+    except PostError as exc:
+        return PostOutcome(str(path), "error", exc.message, exc.line, snippets=results)
+    if unchanged:
+        return None
+    return PostOutcome(str(path), "error", "changed on disk during the run: run again",
+                       snippets=results)
 
 
 def check_determinism(first: Sequence[SnippetResult], second: Sequence[SnippetResult],
@@ -350,7 +371,9 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
     sessions use (a single session gains nothing from one)."""
     servers = ForkServers()
     ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
-    if (any(not job.session.network for job in jobs) and ready
+    if ready:
+        servers.bwrap = _sandbox(ready[0], servers, options)
+    if (any(not job.session.network for job in jobs) and ready and servers.bwrap is None
             and not network_isolation(ready[0].python)):
         say("network for snippets cannot be turned off here (no network namespaces): "
             "snippets may reach the network")
@@ -362,6 +385,23 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
         else:
             servers.plain(env)
     return servers
+
+
+def _sandbox(env: envs.BuiltEnv, servers: ForkServers, options: Options) -> str | None:
+    """bubblewrap, where a sandbox can be made here; else one line saying so (or, with
+    `require_sandbox`, a UsageError)."""
+    found = (sandbox.Sandbox(None, "RUNNER_NO_SANDBOX is set") if os.environ.get(NO_SANDBOX)
+             else sandbox.probe(env, servers.folder))
+    if found.bwrap is None:
+        if options.require_sandbox:
+            servers.close()
+            raise UsageError(f"no sandbox for kernels: {found.reason} (--require-sandbox)")
+        say(f"no sandbox for kernels: {found.reason}; they run with limits only")
+        return None
+    line = sandbox.limits_line()
+    if "RLIMIT" in line:
+        say(line)
+    return found.bwrap
 
 
 def _preload(spec: EnvSpec, jobs: Sequence[Job]) -> list[str]:

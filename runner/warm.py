@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -20,15 +21,26 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from runner import forkserver, sandbox
 from runner.envs import BuiltEnv, write_kernelspec
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 START_TIMEOUT = 120.0
+RUN_PREFIX = "runner-run-"
 
 
 class ForkServers:
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="runner-run-"))  # all of the run's own files
+    """A run's kernels: its folder (kernelspecs, servers' sockets, sessions), its fork servers,
+    and with `bwrap`, the sandbox each env's kernels run in (see `sandbox.py`)."""
+
+    def __init__(self, bwrap: str | None = None) -> None:
+        sweep_stale_runs()
+        self.folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))  # all of the run's own files
+        # Held while the run lives (the kernel drops it when the process goes, however it
+        # goes): a later run removes a folder whose lock it can take.
+        self._owner = os.open(self.folder / ".owner", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._owner, fcntl.LOCK_EX)
+        self.bwrap = bwrap
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, env: BuiltEnv, variables: Mapping[str, str],
@@ -40,22 +52,28 @@ class ForkServers:
             return
         socket_path = self.folder / f"{name}.sock"
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (the server keeps it)
+        command = (sandbox.outer_args(self.bwrap, env, self.folder) if self.bwrap
+                   else [str(env.python), str(FORKSERVER)])
         self._servers[name] = subprocess.Popen(
-            [str(env.python), str(FORKSERVER), "serve", str(socket_path),
+            [*command, "serve", str(socket_path),
              *(env.spec.preload if preload is None else preload)],
             env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
             stderr=log, start_new_session=True)
         log.close()  # the server has its own
-        write_kernelspec(self.kernels_dir(name) / env.kernel_name,
-                         [str(env.python), str(FORKSERVER), "launch", str(socket_path),
-                          "-f", "{connection_file}"],
-                         f"runner: {name} (warm)")
+        self._kernelspec(env, ["launch", str(socket_path)], f"runner: {name} (warm)")
 
     def plain(self, env: BuiltEnv) -> None:
         """A kernelspec that starts each kernel from scratch, with the same limits."""
+        self._kernelspec(env, ["plain"], f"runner: {env.spec.name}")
+
+    def _kernelspec(self, env: BuiltEnv, command: list[str], display_name: str) -> None:
+        sandboxed = []
+        if self.bwrap:
+            sandboxed = ["--sandbox", str(sandbox.write_args(self.bwrap, env, self.folder))]
         write_kernelspec(self.kernels_dir(env.spec.name) / env.kernel_name,
-                         [str(env.python), str(FORKSERVER), "plain", "-f", "{connection_file}"],
-                         f"runner: {env.spec.name}")
+                         [str(env.python), str(FORKSERVER), *command, *sandboxed,
+                          "-f", "{connection_file}"],
+                         display_name, interrupt_mode="message" if self.bwrap else None)
 
     def kernels_dir(self, name: str) -> Path:
         return self.folder / name / "kernels"
@@ -79,7 +97,29 @@ class ForkServers:
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+        os.close(self._owner)
         remove_empty_cgroups()
+
+
+def sweep_stale_runs() -> None:
+    """Remove the folders of earlier runs that were killed (SIGKILL leaves them): only those
+    whose owner lock can be taken, so a run still going is never touched."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):
+        try:
+            owner = os.open(folder / ".owner", os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not a run folder of this kind, or not ours to judge
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a run takes its lock right after it makes the file: a file this old, unlocked,
+            # belongs to a run that is gone
+            stale = time.time() - os.fstat(owner).st_mtime > 10
+        except OSError:
+            continue  # its run is still going
+        finally:
+            os.close(owner)
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def network_isolation(python: Path) -> bool:
@@ -90,8 +130,9 @@ def network_isolation(python: Path) -> bool:
 
 
 def remove_empty_cgroups() -> None:
-    """The pids cgroups of kernels that have ended (this run's, or a crashed run's)."""
-    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+    """The cgroups of kernels that have ended (this run's, or a crashed run's)."""
+    found = [forkserver.cgroup_root(name) for name in forkserver.CGROUP_CONTROLLERS]
+    for root in {Path(p) for p in found if p} | {Path("/sys/fs/cgroup/pids")}:
         for group in root.glob("runner-kernel-*"):
             with contextlib.suppress(OSError):
                 group.rmdir()  # refused while a process is still in it

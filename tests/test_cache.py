@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,3 +110,97 @@ def test_two_jobs_give_the_same_results_as_one(tmp_path: Path, project: Config) 
     assert [p.status for p in runs[0].posts] == ["stale"] * 3  # no output recorded yet
     assert [r.output.stdout for r in runs[1].snippets] == ["0\n", "0\n", "1\n", "2\n", "2\n",
                                                           "4\n"]
+
+
+# --- entries that are not what they should be: each is a miss with one warning, never a crash
+# or a hang, and is removed -------------------------------------------------------------------
+
+KEY = "9a" + "0" * 62
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def stored(folder: Path, key: str = KEY) -> list[SnippetResult]:
+    s = session()
+    results = [SnippetResult(x, "sklearn", "passed", Output(f"{n}\n"))
+               for n, x in enumerate(s.snippets)]
+    cache.store(folder, key, results, warn=pytest.fail)
+    return results
+
+
+def make_bad_entry(entry: Path, kind: str) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "folder":
+        (entry / "inside").mkdir(parents=True)
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    elif kind == "symlink":  # to a good entry: still not trusted
+        stored(entry.parent.parent / "elsewhere", KEY)
+        entry.symlink_to(entry.parent.parent / "elsewhere" / KEY[:2] / f"{KEY}.json")
+    elif kind == "huge":
+        with entry.open("wb") as out:
+            out.truncate(cache.MAX_ENTRY_BYTES + 1)  # sparse: costs no disk
+    elif kind == "deep":
+        entry.write_text("[" * 100_000)
+    elif kind == "wrong types":
+        entry.write_text(json.dumps({"key": KEY, "snippets": [
+            {"status": "passed", "reason": None, "duration_s": 0, "stdout": 1, "stderr": "",
+             "parts": []}] * 2}))
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink", "huge", "deep", "wrong types"])
+def test_a_bad_entry_is_a_miss_with_one_warning_and_is_removed(tmp_path: Path,
+                                                               kind: str) -> None:
+    entry = tmp_path / "cache" / KEY[:2] / f"{KEY}.json"
+    make_bad_entry(entry, kind)
+    warnings: list[str] = []
+    outcome: list[object] = []
+    reader = threading.Thread(target=lambda: outcome.append(
+        cache.load(tmp_path / "cache", KEY, session(), warn=warnings.append)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(entry, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
+        pytest.fail("cache.load waits on the entry")
+    assert outcome == [None]
+    assert len(warnings) == 1 and f"discarding a corrupt cache entry {entry}" in warnings[0]
+    assert not os.path.lexists(entry)
+    if kind == "symlink":  # the link went, not its target
+        assert (tmp_path / "cache" / "elsewhere" / KEY[:2] / f"{KEY}.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+def test_store_replaces_whatever_stands_at_the_entry_path(tmp_path: Path, kind: str) -> None:
+    entry = tmp_path / "cache" / KEY[:2] / f"{KEY}.json"
+    make_bad_entry(entry, kind)
+    results = stored(tmp_path / "cache")
+    assert entry.is_file() and not entry.is_symlink()
+    loaded = cache.load(tmp_path / "cache", KEY, session(), warn=pytest.fail)
+    assert loaded is not None and [r.output for r in loaded] == [r.output for r in results]
+
+
+def test_store_skips_with_a_warning_when_the_lock_stays_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = tmp_path / KEY[:2] / f"{KEY}.json"
+    entry.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, f"{entry}.lock"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(cache, "LOCK_SECONDS", 0.5)
+        warnings: list[str] = []
+        started = time.monotonic()
+        cache.store(tmp_path, KEY, [SnippetResult(s, "sklearn", "passed")
+                                    for s in session().snippets], warn=warnings.append)
+        assert time.monotonic() - started < 5
+        assert warnings == [f"not caching {entry}: its lock was held for over 0.5 s"]
+        assert not entry.exists()
+    finally:
+        holder.kill()
+        holder.wait()

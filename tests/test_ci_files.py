@@ -141,8 +141,8 @@ def test_verify_job_runs_its_shard_and_uploads_both_reports_always(
     job = workflow["jobs"]["verify"]
     command = _command(job, "nox", "-s", "verify-posts", shard=shard)
     args = command[command.index("--") + 1:]
-    assert args == ["--shard", f"{shard}/{len(SHARDS)}", "--report", f"report-{shard}.json",
-                    "--junit-xml", f"junit-{shard}.xml"]
+    assert args == ["--require-sandbox", "--shard", f"{shard}/{len(SHARDS)}",
+                    "--report", f"report-{shard}.json", "--junit-xml", f"junit-{shard}.xml"]
     [upload] = _steps_using(job, "actions/upload-artifact")
     assert upload["if"] == "always()", "reports of a failing run are the ones needed"
     uploaded = set(_expand(upload["with"]["path"], shard).split())
@@ -169,6 +169,17 @@ def test_report_job_merges_every_shard_report_always(workflow: dict) -> None:
     assert uploads[0]["if"] == "always()"
 
 
+@pytest.mark.parametrize("job_name", ["verify", "canary"])
+def test_jobs_that_run_posts_install_bubblewrap_and_lift_ubuntus_userns_restriction(
+        workflow: dict, job_name: str) -> None:
+    commands = _commands(workflow["jobs"][job_name])
+    assert ["sudo", "apt-get", "install", "-y", "-qq", "bubblewrap"] in commands
+    lift = ["sudo", "sysctl", "-w", "kernel.apparmor_restrict_unprivileged_userns=0"]
+    assert lift in [c[:4] for c in commands]
+    nox = next(i for i, c in enumerate(commands) if c[:3] == ["nox", "-s", "verify-posts"])
+    assert commands.index(["sudo", "apt-get", "install", "-y", "-qq", "bubblewrap"]) < nox
+
+
 def test_canary_relocks_to_newest_releases_and_verifies_without_cache(workflow: dict) -> None:
     job = workflow["jobs"]["canary"]
     condition = job["if"].replace(" ", "")
@@ -176,7 +187,7 @@ def test_canary_relocks_to_newest_releases_and_verifies_without_cache(workflow: 
     assert job["continue-on-error"] is True
     commands = _commands(job)
     lock = ["python", "-m", "runner", "envs", "lock", "--upgrade"]  # no NAME: every env
-    verify = ["nox", "-s", "verify-posts", "--", "--no-cache"]
+    verify = ["nox", "-s", "verify-posts", "--", "--no-cache", "--require-sandbox"]
     assert lock in commands and verify in commands
     assert commands.index(lock) < commands.index(verify), "verify runs on the upgraded locks"
     install = _command(job, "pip", "install", "nox")

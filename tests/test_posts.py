@@ -1,0 +1,241 @@
+"""Posts on disk, every fault caused for real: files that are not posts, sizes that lie, posts
+behind symlinks, temp files of writers that died, locks held too long, posts changed while
+their snippets ran."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import posts
+from runner.atomic import TooLarge, read_regular
+from runner.config import Config
+from runner.errors import PostError
+from runner.markdown import parse
+from runner.model import Output, SnippetResult
+from runner.plan import plan
+from runner.run import Planned, settle
+from runner.writeback import RenderOptions
+
+POST = "# Title\n\n```python runner:env=sklearn\nprint(1)\n```\n"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+READ = """
+import sys
+from pathlib import Path
+from runner import posts
+from runner.errors import PostError
+try:
+    posts.read(Path(sys.argv[1]))
+except PostError as exc:
+    print(exc)
+"""
+
+
+def bounded(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """`command` in a child that may not wait (a read blocked on a FIFO) nor grow (a read of
+    /dev/zero) for long: a timeout, and 4 GiB of address space."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    return subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, preexec_fn=limit)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("fifo", "is a FIFO, not a regular file: not read"),
+    ("device", "is a character device, not a regular file: not read"),
+    ("folder", "is a folder, not a post"),
+])
+def test_only_regular_files_are_posts(tmp_path: Path, kind: str, message: str) -> None:
+    post = tmp_path / "p.md"
+    if kind == "fifo":
+        os.mkfifo(post)
+    elif kind == "device":
+        post.symlink_to("/dev/zero")
+    else:
+        post.mkdir()
+    done = bounded(["-c", READ, str(post)])
+    assert done.stdout == f"{post}: {message}\n", done.stderr
+
+
+def test_a_run_reports_posts_that_are_not_files_and_never_waits(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.md")
+    (tmp_path / "zero.md").symlink_to("/dev/zero")
+    (tmp_path / "folder.md").mkdir()
+    report = tmp_path / "report.json"
+    done = bounded(["-m", "runner", "verify", str(tmp_path), "--report", str(report)])
+    assert done.returncode == 1, done.stderr
+    outcomes = {Path(p["path"]).name: p for p in json.loads(report.read_text())["posts"]}
+    assert sorted(outcomes) == ["fifo.md", "folder.md", "zero.md"]
+    assert all(o["status"] == "error" for o in outcomes.values())
+    assert "FIFO" in outcomes["fifo.md"]["error"]
+
+
+def test_a_fifo_named_like_a_figure_is_not_waited_on(tmp_path: Path) -> None:
+    figure = tmp_path / "p-1.png"
+    os.mkfifo(figure)
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(posts.read_bytes(figure)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(figure, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
+        pytest.fail("reading the figure waits on a FIFO")
+    assert got == [None]
+
+
+def test_reading_stops_past_the_limit_when_the_size_lies(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc files say they are 0 bytes long and hold more: the stat check cannot catch them,
+    only a read that stops at the limit (+1 byte, to know it was passed)."""
+    maps = Path("/proc/self/maps")
+    assert maps.stat().st_size == 0 and len(maps.read_bytes()) > 200
+    with pytest.raises(TooLarge) as caught:
+        read_regular(maps, 100)
+    assert caught.value.size == 101
+    post = tmp_path / "p.md"
+    post.symlink_to(maps)
+    monkeypatch.setattr(posts, "MAX_BYTES", 100)
+    with pytest.raises(PostError, match="over the 0 MB a post may be"):
+        posts.read(post)
+
+
+def test_update_through_a_symlink_writes_its_target(tmp_path: Path) -> None:
+    (tmp_path / "drafts").mkdir()
+    (tmp_path / "posts").mkdir()
+    target = tmp_path / "drafts" / "real.md"
+    target.write_text(POST)
+    link = tmp_path / "posts" / "p.md"
+    link.symlink_to("../drafts/real.md")
+    posts.replace(link, POST, POST + "\nmore\n")
+    assert link.is_symlink() and os.readlink(link) == "../drafts/real.md"
+    assert target.read_text() == POST + "\nmore\n"
+    assert sorted(os.listdir(tmp_path / "posts")) == ["p.md"]
+    assert sorted(os.listdir(tmp_path / "drafts")) == ["real.md"]
+
+
+KILLED_WRITER = """
+import resource, signal, sys
+from pathlib import Path
+from runner.atomic import write_atomic
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; a shell would not
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+write_atomic(Path(sys.argv[1]), b"x" * 100_000)
+"""
+
+
+def test_temp_files_of_a_writer_that_died_are_removed_by_a_later_run(tmp_path: Path) -> None:
+    post = tmp_path / "p.md"
+    post.write_text(POST)
+    # A writer killed mid-write (file size limit: SIGXFSZ) leaves its temp file behind.
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(post)], cwd=ROOT)
+    assert writer.wait(timeout=60) == -signal.SIGXFSZ
+    [left] = [p for p in tmp_path.iterdir() if p != post]
+    assert left.name.startswith(f".p.md.runner-{writer.pid}-") and left.name.endswith(".tmp")
+    an_hour_ago = time.time() - 3600
+    os.utime(left, (an_hour_ago, an_hour_ago))
+    mine = tmp_path / f".p.md.runner-{os.getpid()}-abcd1234.tmp"  # a live writer's
+    mine.write_text("partial")
+    os.utime(mine, (an_hour_ago, an_hour_ago))
+    young = tmp_path / f".p.md.runner-{writer.pid}-young123.tmp"  # not a minute old yet
+    young.write_text("partial")
+    assert posts.read(post) == POST
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.md", mine.name, young.name])
+
+
+HOLD_FOLDER_LOCK = """
+import fcntl, os, sys, time
+handle = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_post_lock_held_too_long_is_an_error_and_leaves_no_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    post = tmp_path / "p.md"
+    post.write_text(POST)
+    litter = set(Path(tempfile.gettempdir()).glob("runner-post-*.lock"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER_LOCK, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(posts, "LOCK_SECONDS", 0.5)
+        started = time.monotonic()
+        with pytest.raises(PostError) as caught:
+            posts.replace(post, POST, POST + "\nmore\n")
+        assert 0.5 <= time.monotonic() - started < 5
+        assert str(caught.value) == (f"{post}: another run holds this post's lock for over "
+                                     "0.5 s: not written")
+        assert post.read_text() == POST
+    finally:
+        holder.kill()
+        holder.wait()
+    posts.replace(post, POST, POST + "\nmore\n")  # the lock went with its holder
+    assert post.read_text() == POST + "\nmore\n"
+    assert os.listdir(tmp_path) == ["p.md"]
+    assert set(Path(tempfile.gettempdir()).glob("runner-post-*.lock")) == litter
+
+
+def test_the_post_lock_is_exclusive(tmp_path: Path) -> None:
+    """While a run compares and renames, another's lock on the post's folder waits."""
+    post = tmp_path / "p.md"
+    post.write_text(POST)
+    handle = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        writer = threading.Thread(target=posts.replace, args=(post, POST, POST + "x\n"))
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive() and post.read_text() == POST
+    finally:
+        os.close(handle)
+    writer.join(5)
+    assert post.read_text() == POST + "x\n"
+
+
+def planned(path: Path, project: Config) -> Planned:
+    post = parse(str(path), posts.read(path))
+    return Planned(path, post, plan(post, project.envs, project.import_names))
+
+
+def results(item: Planned) -> tuple[SnippetResult, ...]:
+    return tuple(SnippetResult(s, "sklearn", "passed", Output("1\n"))
+                 for session in item.sessions for s in session.snippets)
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["stale", "passed"])
+def test_a_post_changed_on_disk_during_the_run_is_an_error(tmp_path: Path, project: Config,
+                                                           recorded: bool) -> None:
+    post = tmp_path / "p.md"
+    post.write_text(POST)
+    options = RenderOptions(project.patterns, project.max_output_lines)
+    if recorded:  # the output is in the post already: an unchanged post would pass
+        first = planned(post, project)
+        assert settle(first, results(first), project, "update", options).written
+    item = planned(post, project)
+    fine = settle(item, results(item), project, "verify", options)
+    assert fine.status == ("passed" if recorded else "stale")
+    with post.open("a") as out:  # as if an editor (or a snippet) saved it meanwhile
+        out.write("\nA new paragraph.\n")
+    outcome = settle(item, results(item), project, "verify", options)
+    assert (outcome.status, outcome.error) == ("error", "changed on disk during the run: "
+                                                        "run again")
+    assert outcome.snippets == results(item)
+    written = settle(item, results(item), project, "update", options)
+    assert written.status == "error" and not written.written
+    assert post.read_text().endswith("\nA new paragraph.\n")

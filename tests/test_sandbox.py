@@ -1,0 +1,177 @@
+"""The sandbox, attacked for real from inside snippets (each attack of issue 10): what the
+snippet saw, and that the env, the cache, the posts and the process table are unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from runner import envs, sandbox
+from runner.config import Config
+from runner.run import Options, run_posts
+from tests.conftest import FIXTURES, ROOT
+
+BWRAP = shutil.which("bwrap")
+needs_sandbox = pytest.mark.skipif(
+    BWRAP is None, reason="bubblewrap is not installed (apt-get install bubblewrap): the "
+                          "sandbox cannot be tested here")
+
+
+def snapshot(project: Config) -> dict[str, str]:
+    """What no snippet may change: each env's fingerprint, the posts, the cache's files."""
+    state = {name: envs.fingerprint(envs.env_path(spec)) for name, spec in project.envs.items()
+             if envs.is_built(spec)}
+    state["posts"] = "".join(p.read_text() for p in sorted((ROOT / "posts").glob("*.md")))
+    state["cache"] = " ".join(f"{p}:{p.read_bytes()!r}" for p in  # entries of other posts
+                              sorted(project.cache_dir.glob("ab/*.json")))
+    return state
+
+
+def processes() -> set[str]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.add((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return found
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_attacks_from_a_snippet_fail_and_change_nothing(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    post = tmp_path / "attacks.md"
+    shutil.copy(FIXTURES / "sandbox" / "attacks.md", post)
+    project = replace(project, cache_dir=tmp_path / "cache")
+    entry = project.cache_dir / "ab" / f"{'ab' * 32}.json"  # another post's entry
+    entry.parent.mkdir(parents=True)
+    entry.write_text('{"key": "' + "ab" * 32 + '", "snippets": []}')
+    before, text = snapshot(project), post.read_text()
+    paths = {"post": str(post), "project": str(ROOT), "git config": str(ROOT / ".git/config"),
+             "cache": str(project.cache_dir), "uv cache": str(Path.home() / ".cache/uv"),
+             "another env": str(envs.env_path(project.envs["tensorflow"])),
+             "the env's fingerprint": str(envs.env_path(project.envs["sklearn"]))
+             + ".fingerprint.json", "home": str(Path.home() / ".bashrc")}
+    monkeypatch.setenv("ATTACK_PATHS", json.dumps(paths))
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "hunter2")
+    run = run_posts([post], project, Options(cache=False, passenv=("ATTACK_PATHS",),
+                                             require_sandbox=True))
+    seen = "".join(r.output.stdout for r in run.snippets)
+    assert all(r.status == "passed" for r in run.snippets), [
+        r.error.traceback[-800:] for r in run.snippets if r.error]
+    assert "DONE" not in seen, seen
+    for attack in ("pth", "sitecustomize", "edit sklearn", "remove sklearn"):
+        assert f"{attack}: refused (OSError, errno 30)" in seen  # read-only file system
+    assert "uv: None" in seen and "pip module: True" in seen
+    assert "install: 0" not in seen and "install: 1 False" not in seen
+    assert "pids seen: True my pid: 2" in seen
+    assert "secret in any environ: []" in seen and "runner visible: False" in seen
+    for name in paths:
+        assert f"{name} visible: False" in seen
+    assert "append to the post: refused (FileNotFoundError, errno 2)" in seen
+    assert "setns: -1 True" in seen and "capabilities: 0000000000000000" in seen
+    assert "cgroup files tried: True" in seen and "leave the cgroup: refused" in seen
+    assert "write /usr: refused (OSError, errno 30)" in seen
+    assert "home: /tmp/home ['.ipython']" in seen  # IPython's own, made at start
+    assert "tmp: ['home', 'runner-run-" in seen  # and the path to its session folder
+    assert "run folder holds: ['runner-session-']" in seen, seen
+    assert post.read_text() == text and snapshot(project) == before
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_a_later_run_prints_what_the_pinned_env_prints(tmp_path: Path, project: Config) -> None:
+    lock = (ROOT / "envs" / "sklearn" / "requirements.lock").read_text()
+    pinned = lock.split("scikit-learn==")[1].split()[0]
+    post = tmp_path / "version.md"
+    post.write_text("```python runner:env=sklearn\nimport sklearn, sys\n"
+                    "print(sklearn.__version__, 'sitecustomize' in sys.modules)\n```\n")
+    shutil.copy(FIXTURES / "sandbox" / "attacks.md", tmp_path / "attacks.md")
+    run_posts([tmp_path / "attacks.md"], project, Options(cache=False))
+    run = run_posts([post], project, Options(cache=False))
+    assert run.snippets[0].output.stdout == f"{pinned} False\n"
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_nothing_a_snippet_starts_outlives_its_session(tmp_path: Path, project: Config) -> None:
+    marker = f"{time.time_ns() % 10**6}.5"
+    post = tmp_path / "daemons.md"
+    post.write_text(
+        "```python runner:env=sklearn\nimport os, subprocess\n"
+        f"subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+        "if os.fork() == 0:\n    os.setsid()\n"
+        f"    if os.fork() == 0:\n        os.execvp('sleep', ['sleep', '{marker}1'])\n"
+        "    os._exit(0)\n"
+        "os.killpg = lambda *args: None\nprint('daemons started')\n```\n\n"
+        "```python runner:timeout=2\nimport re\n"  # a C call that holds the GIL past it
+        "re.match(r'(a*)*b', 'a' * 64)\n```\n")
+    run = run_posts([post], project, Options(cache=False))
+    started, held = run.snippets
+    assert started.output.stdout == "daemons started\n"
+    assert held.status == "failed" and held.error is not None
+    assert held.error.type == "TimeoutError"
+    time.sleep(1)
+    assert not [p for p in processes() if f"sleep {marker}" in p]
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_sessions_forked_from_one_server_cannot_see_each_other(
+        tmp_path: Path, project: Config) -> None:
+    code = ("```python runner:env=sklearn\nimport os, glob, time\n"
+            "open('mine', 'w').write('x')\ntime.sleep(1.5)\n"
+            "print(sorted(os.listdir(os.path.dirname(os.path.dirname(os.getcwd())))))\n"
+            "print(glob.glob('/tmp/**/kernel.json', recursive=True) == [])\n"
+            "print(len(glob.glob(os.path.dirname(os.getcwd()) + '/ipc/kernel.json')))\n```\n")
+    for n in range(2):
+        (tmp_path / f"p{n}.md").write_text(code)
+    run = run_posts([tmp_path], project, Options(cache=False, jobs=2, warm=True))
+    for result in run.snippets:
+        lines = result.output.stdout.splitlines()
+        assert len(eval(lines[0])) == 1  # only its own session folder
+        assert lines[1:] == ["False", "1"] or lines[1:] == ["True", "1"]
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_shared_memory_counts_against_the_memory_limit(tmp_path: Path, project: Config) -> None:
+    small = replace(project, envs={**project.envs,
+                                   "sklearn": replace(project.envs["sklearn"], memory_mb=512)})
+    post = tmp_path / "shm.md"
+    post.write_text(
+        "```python runner:env=sklearn\nimport mmap\n"
+        "try:\n    with open('/dev/shm/big', 'wb') as out:\n"
+        "        for _ in range(1024):\n            out.write(b'x' * 2**20)\n"
+        "except OSError as exc:\n    print('dev/shm full:', exc.errno)\n```\n\n"
+        "```python\nbig = mmap.mmap(-1, 1536 * 2**20, flags=mmap.MAP_SHARED)\n"
+        "for offset in range(0, len(big), 4096):\n    big[offset] = 1\nprint('mapped')\n```\n")
+    run = run_posts([post], small, Options(cache=False))
+    shm, mapped = run.snippets
+    assert shm.output.stdout == "dev/shm full: 28\n"  # ENOSPC: the tmpfs is capped
+    if "memory cgroup" in sandbox.limits_line():
+        assert mapped.status == "failed" and mapped.error is not None
+        assert mapped.error.type == "DeadKernelError"  # the OOM killer, within the cgroup
+    else:
+        pytest.skip(f"no memory cgroup can be made here: {sandbox.limits_line()}")
+
+
+@pytest.mark.kernel
+def test_require_sandbox_without_bubblewrap_exits_2(tmp_path: Path) -> None:
+    post = tmp_path / "p.md"
+    post.write_text("```python runner:env=sklearn\nprint(1)\n```\n")
+    env = {**os.environ, "PATH": "/nonexistent"}  # no bwrap on PATH
+    done = subprocess.run([sys.executable, "-m", "runner", "verify", str(post),
+                           "--no-cache", "--require-sandbox"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert "no sandbox for kernels: bubblewrap is not installed" in done.stderr
