@@ -63,7 +63,6 @@ def read(path: Path) -> str:
 
 def _read(path: Path, shown: Path) -> str:
     """`path`'s text; errors name `shown` (the post as the user named it)."""
-    sweep(path.parent)
     data = _read_bounded(path, shown)
     if not data.strip():
         raise PostError("is empty", shown, 1)
@@ -111,6 +110,7 @@ def replace(path: Path, old: str, new: str) -> None:
     once (two terminals, CI and a hook) each writes what it read over, or nothing; a lock
     held elsewhere for over LOCK_SECONDS is a PostError and nothing is written."""
     target = Path(os.path.realpath(path))
+    sweep(target.parent)  # only where the run writes: verify changes nothing under posts/
     with _folder_locked(target.parent, path):
         current = _read(target, path)
         if current == new:

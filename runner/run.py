@@ -212,7 +212,7 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
                 await servers.ready(job.session.env)
                 results = await _run_session(job.session, env, setups[env.spec.name], deadline)
         if not options.check_determinism:
-            cache.store(config.cache_dir, job.key, results)
+            cache.store(config.cache_dir, job.key, results, say)
         done(job, results)
 
     with _SignalStop(servers):

@@ -103,8 +103,14 @@ class ForkServers:
 
 def sweep_stale_runs() -> None:
     """Remove the folders of earlier runs that were killed (SIGKILL leaves them): only those
-    whose owner lock can be taken, so a run still going is never touched."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):
+    whose owner lock can be taken, so a run still going is never touched. Also the post lock
+    files earlier runners left in the temp folder (one per post ever run)."""
+    temp = Path(tempfile.gettempdir())
+    for old in temp.glob("runner-post-*.lock"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink()
+    for folder in temp.glob(f"{RUN_PREFIX}*"):
         try:
             owner = os.open(folder / ".owner", os.O_RDWR | os.O_NOFOLLOW)
         except OSError:

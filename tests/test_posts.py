@@ -153,6 +153,8 @@ def test_temp_files_of_a_writer_that_died_are_removed_by_a_later_run(tmp_path: P
     young = tmp_path / f".p.md.runner-{writer.pid}-young123.tmp"  # not a minute old yet
     young.write_text("partial")
     assert posts.read(post) == POST
+    assert len(list(tmp_path.iterdir())) == 4  # reading (verify) changes nothing there
+    posts.replace(post, POST, POST + "\nmore\n")  # a write sweeps
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.md", mine.name, young.name])
 
 
