@@ -39,8 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{where}{exc.strerror or exc}", EXIT_FAILED)
 
 
+def _out(text: str) -> None:
+    """Report text on stdout; what its encoding cannot show (a lone surrogate a kernel sent,
+    `⏎` on an ASCII terminal) as backslash escapes, never a crash before the reports."""
+    encoding = sys.stdout.encoding or "utf-8"
+    sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
 def _fail(error: object, code: int) -> int:
-    print(f"runner: {' '.join(str(error).split(chr(10)))}", file=sys.stderr)
+    from runner.report import inert, one_line
+
+    print(inert(f"runner: {one_line(str(error))}"), file=sys.stderr)
     return code
 
 
@@ -63,16 +72,17 @@ def _run(args: argparse.Namespace) -> int:
         run = run_posts(args.paths, _config(), options, progress.post_done)
     finally:
         progress.close()
-    sys.stdout.write(report.terminal(run))
+    _out(report.terminal(run))
     if os.environ.get("GITHUB_ACTIONS") == "true":
-        sys.stdout.write(report.github_annotations(run))
+        _out(report.github_annotations(run))
     if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8",
+                  errors="backslashreplace") as summary:
             summary.write(report.step_summary(run))
     if args.report:
         report.write_json(run, Path(args.report))
     if args.junit_xml:
-        report.write_junit(run.snippets, Path(args.junit_xml))
+        report.write_junit(run, Path(args.junit_xml))
     return run.exit_code
 
 

@@ -18,6 +18,8 @@ DEFAULT_TIMEOUT = 300.0
 CACHE_VARIABLE = "RUNNER_EXECUTION_CACHE"  # overrides [tool.runner] cache-dir (for CI caches)
 DEFAULT_MEMORY_MB = 4096  # per kernel, RLIMIT_DATA
 DEFAULT_PROCESSES = 256  # per kernel: its whole process tree
+DEFAULT_MAX_BYTES = 1 << 20  # max-output-bytes: text output past it is cut as it streams in
+DEFAULT_MAX_LINE_CHARS = 10_000  # max-line-chars: a longer line is cut, with a note
 DEFAULT_MAX_LINES = 200  # max-output-lines: longer text output is cut, with a marker line
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
 
@@ -32,8 +34,11 @@ class Config:
     timeout: float
     patterns: tuple[tuple[re.Pattern[str], str], ...] = ()  # [[tool.runner.normalize]]
     max_output_lines: int = DEFAULT_MAX_LINES
+    max_output_bytes: int = DEFAULT_MAX_BYTES  # text a snippet may record, in bytes
+    max_line_chars: int = DEFAULT_MAX_LINE_CHARS  # characters a line of output may have
     cache_dir: Path = Path(".runner-cache")  # the execution cache
     passenv: tuple[str, ...] = ()  # more variables (or patterns) kernels may see
+    tolerance: float = 0.0  # relative, for numbers in text output (0: exact); runner:tolerance=
 
 
 def normalize_dist(name: str) -> str:
@@ -73,12 +78,12 @@ def load(start: Path) -> Config:
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
-    max_lines = table.get("max-output-lines", DEFAULT_MAX_LINES)
-    if not isinstance(max_lines, int) or max_lines < 1:
-        raise UsageError("[tool.runner] max-output-lines must be a positive integer", pyproject)
     return Config(
+        max_output_bytes=_positive(table, "max-output-bytes", DEFAULT_MAX_BYTES, pyproject),
+        max_line_chars=_positive(table, "max-line-chars", DEFAULT_MAX_LINE_CHARS, pyproject),
+        tolerance=_tolerance(table, pyproject),
         patterns=_patterns(table.get("normalize", []), pyproject),
-        max_output_lines=max_lines,
+        max_output_lines=_positive(table, "max-output-lines", DEFAULT_MAX_LINES, pyproject),
         passenv=_names(table, "passenv", pyproject),
         cache_dir=Path(os.environ.get(CACHE_VARIABLE)
                        or root / _str(table, "cache-dir", ".runner-cache", pyproject)),
@@ -89,6 +94,22 @@ def load(start: Path) -> Config:
         import_names={k: normalize_dist(v) for k, v in import_names.items()},
         timeout=float(timeout),
     )
+
+
+def _positive(table: dict[str, Any], key: str, default: int, pyproject: Path) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"[tool.runner] {key} must be a positive integer", pyproject)
+    return value
+
+
+def _tolerance(table: dict[str, Any], pyproject: Path) -> float:
+    """[tool.runner] tolerance: numbers in text output within it of the recorded ones match."""
+    value = table.get("tolerance", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise UsageError("[tool.runner] tolerance must be a relative tolerance from 0 (exact) "
+                         "below 1, like 1e-6", pyproject)
+    return float(value)
 
 
 def _patterns(entries: Any, pyproject: Path) -> tuple[tuple[re.Pattern[str], str], ...]:

@@ -22,7 +22,7 @@ import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
 from typing import IO, Any
@@ -32,12 +32,14 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from nbformat import NotebookNode
+from nbformat import NotebookNode, from_dict
 
+from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv
 from runner.markdown import POST_SUFFIXES
 from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
+from runner.portable import Places, portable
 from runner.writeback import ANSI
 
 _CELL_FILE = re.compile(r" \([^()]*\.py, line \d+\)$")
@@ -52,6 +54,56 @@ _TRACE = (
     "'cells': dict(getattr(get_ipython().compile, '_filename_map', {}))}))"
     "(__import__('sys'), __import__('traceback'))"
 )
+
+
+INTERRUPT_GRACE = 5.0  # seconds an interrupted snippet has to stop before its kernel is killed
+IOPUB_TIMEOUT = 60  # seconds output may keep arriving after a snippet's reply
+
+
+def _node(msg: dict[str, Any], budget: _Budget) -> NotebookNode | None:
+    """An output node from an iopub message, or None (not an output, or over the budget)."""
+    kind, content = msg["msg_type"], msg["content"]
+    if kind == "stream":
+        text = _within(budget, content["text"])
+        return _as_node({"output_type": "stream", "name": content["name"], "text": text})
+    if kind in ("display_data", "execute_result"):
+        data = dict(content.get("data", {}))
+        if any(key.startswith("image/") for key in data):
+            budget.images += 1
+            if budget.images > budget.limits.max_images:
+                budget.cut += sum(len(str(v)) for v in data.values())
+                return None
+        for key in ("text/plain", "text/html"):
+            if key in data:
+                data[key] = _within(budget, _joined(data[key]))
+        if not any(data.values()):
+            return None
+        node = {"output_type": kind, "data": data, "metadata": content.get("metadata", {})}
+        if kind == "execute_result":
+            node["execution_count"] = content.get("execution_count")
+        return _as_node(node)
+    if kind == "error":
+        return _as_node({"output_type": "error", "ename": content["ename"],
+                         "evalue": content["evalue"], "traceback": content["traceback"]})
+    return None
+
+
+def _as_node(output: dict[str, Any]) -> NotebookNode:
+    node: NotebookNode = from_dict(output)  # type: ignore[no-untyped-call]
+    return node
+
+
+def _within(budget: _Budget, text: str) -> str:
+    """`text`, or as much of it as the budget still has room for (the rest counted as cut)."""
+    size = len(text.encode("utf-8", "surrogateescape"))
+    room = budget.limits.max_bytes - budget.used
+    if size <= room:
+        budget.used += size
+        return text
+    kept = text.encode("utf-8", "surrogateescape")[:max(room, 0)].decode("utf-8", "ignore")
+    budget.used = budget.limits.max_bytes
+    budget.cut += size - len(kept.encode("utf-8", "surrogateescape"))
+    return kept
 
 
 class _Stop(Exception):
@@ -73,6 +125,7 @@ class KernelSetup:
     # go with it even when the run is stopped by a signal
     stop_in_background: bool = False  # return before the kernel has ended (`kernels_stopped`)
     sandbox: bool = False  # the kernelspec starts kernels in bubblewrap (see sandbox.py)
+    output: OutputLimits = field(default_factory=lambda: OutputLimits())
 
 
 @dataclass(frozen=True)
@@ -114,13 +167,13 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     client: _Client | None = None
     try:
         notebook = session_notebook(session)
-        client = _client(notebook, env, setup.timeout, setup.kernels_dir or env.kernels_dir,
-                         sockets)
+        client = _client(notebook, env, setup, sockets)
         variables = _variables(session, env, setup, folder)
         async with client.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
-            await _check_prefix(client, env)
-            await _run_cells(client, session, notebook, results, setup.timeout, deadline)
+            places = await _start(client, session, env, notebook, scratch, sockets / "crash")
+            live = _Live(client, session, places, sockets / "crash", setup.timeout, deadline)
+            await _run_cells(live, notebook, results)
     except Exception as exc:  # the kernel would not start, or died between cells
         log.seek(0)
         tail = " / ".join(log.read().strip().splitlines()[-3:])
@@ -186,9 +239,20 @@ async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _run_cells(client: NotebookClient, session: Session, notebook: NotebookNode,
-                     results: list[SnippetResult], timeout: float,
-                     deadline: Deadline | None) -> None:
+@dataclass
+class _Live:
+    """A session while its kernel runs: what its cells need to know."""
+
+    client: _Client
+    session: Session
+    places: Places
+    crashes: Path  # where a crash's traceback lands (faulthandler)
+    timeout: float
+    deadline: Deadline | None
+
+
+async def _run_cells(live: _Live, notebook: NotebookNode, results: list[SnippetResult]) -> None:
+    session = live.session
     cells = iter(enumerate(notebook.cells))
     stopped: SnippetResult | None = None
     for snippet in session.snippets:
@@ -201,8 +265,7 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
             results.append(SnippetResult.not_run(snippet, session.env, stopped.snippet.line))
             continue
         try:
-            result = await _run_cell(client, session, snippet, cell, index,
-                                     float(snippet.markers.timeout or timeout), deadline)
+            result = await _run_cell(live, snippet, cell, index)
         except _Stop as stop:
             result = stop.result
         results.append(result)
@@ -210,54 +273,94 @@ async def _run_cells(client: NotebookClient, session: Session, notebook: Noteboo
             stopped = result
 
 
-async def _run_cell(client: NotebookClient, session: Session, snippet: Snippet,
-                    cell: NotebookNode, index: int, limit: float,
-                    deadline: Deadline | None) -> SnippetResult:
+async def _run_cell(live: _Live, snippet: Snippet, cell: NotebookNode,
+                    index: int) -> SnippetResult:
     started = time.monotonic()
+    limit, deadline = float(snippet.markers.timeout or live.timeout), live.deadline
     bound = deadline is not None and deadline.at - started < limit  # the run's deadline first
     if deadline is not None and bound:
         limit = max(deadline.at - started, 0.001)
     cell.metadata["runner"]["timeout"] = limit
+    live.client.budget = _Budget(live.client.output_limits)
     try:
-        await client.async_execute_cell(cell, index)
-    except CellTimeoutError:
-        message = (f"the run's deadline of {deadline.seconds:g} s was reached"
-                   if deadline is not None and bound else f"timed out after {limit:g} s")
+        await live.client.async_execute_cell(cell, index)
+    except CellTimeoutError as exc:
+        if "IOPub" in str(exc):  # the reply came, its output did not finish in time
+            raise _Stop(SnippetResult.failed(
+                snippet, live.session.env, ErrorKind.OUTPUT_LOST,
+                f"output was still arriving {live.client.iopub_timeout} s after the snippet "
+                "ended: it could not all be recorded", snippet.code_line,
+                duration_s=time.monotonic() - started)) from None
+        line = await _interrupted_at(live, cell)
+        where = f" at line {line}" if line else ""
+        message = (f"the run's deadline of {deadline.seconds:g} s was reached{where}"
+                   if deadline is not None and bound else f"timed out after {limit:g} s{where}")
         raise _Stop(SnippetResult.failed(
-            snippet, session.env, ErrorKind.DEADLINE if bound else ErrorKind.TIMEOUT, message,
-            duration_s=time.monotonic() - started)) from None
+            snippet, live.session.env, ErrorKind.DEADLINE if bound else ErrorKind.TIMEOUT,
+            message, line or snippet.code_line, duration_s=time.monotonic() - started)) from None
     except DeadKernelError:
+        line = _crash_line(live)
         raise _Stop(SnippetResult.failed(
-            snippet, session.env, ErrorKind.DEAD_KERNEL,
-            f"the kernel died while running this snippet ({await _death(client)})",
+            snippet, live.session.env, ErrorKind.DEAD_KERNEL,
+            f"the kernel died while running this snippet ({await _death(live.client)})"
+            + (f" at line {line}" if line else ""), line or snippet.code_line,
             duration_s=time.monotonic() - started)) from None
-    return await _result(client, session, snippet, cell, time.monotonic() - started)
+    return await _result(live, snippet, cell, time.monotonic() - started)
 
 
-async def _result(client: NotebookClient, session: Session, snippet: Snippet,
-                  cell: NotebookNode, duration: float) -> SnippetResult:
+async def _result(live: _Live, snippet: Snippet, cell: NotebookNode,
+                  duration: float) -> SnippetResult:
     """A cell that ran -> its snippet's result: passed, raised what it must, or failed."""
-    output = collect_output(cell.outputs)
+    env = live.session.env
+    output = collect_output(cell.outputs, live.places, live.client.budget)
     error = next((o for o in cell.outputs if o.output_type == "error"), None)
     expected = snippet.markers.raises
     if error is None and expected is None:
-        return SnippetResult(snippet, session.env, "passed", output, duration_s=duration)
+        return SnippetResult(snippet, env, "passed", output, duration_s=duration)
     if error is None:
-        return SnippetResult.failed(snippet, session.env, ErrorKind.DID_NOT_RAISE,
+        return SnippetResult.failed(snippet, env, ErrorKind.DID_NOT_RAISE,
                                     f"expected {expected} to be raised, nothing was",
                                     output=output, duration_s=duration)
     if expected is not None and error.ename == expected:
-        final = f"{error.ename}: {error.evalue}" if error.evalue else error.ename
-        return SnippetResult(snippet, session.env, "passed",
+        final = portable(f"{error.ename}: {error.evalue}" if error.evalue else error.ename,
+                         live.places)
+        return SnippetResult(snippet, env, "passed",
                              Output(output.stdout + final + "\n", output.stderr,
                                     (*output.parts, Part("text", final + "\n"))
                                     if output.parts else ()),
                              duration_s=duration)
-    line = await _error_line(client, session, cell)
+    line = await _error_line(live.client, live.session, cell)
     traceback = ANSI.sub("", "\n".join(error.traceback))
     message = _CELL_FILE.sub("", error.evalue)  # the cell's temp file means nothing to a reader
-    return SnippetResult.failed(snippet, session.env, error.ename, message, line, traceback,
+    return SnippetResult.failed(snippet, env, error.ename, message, line, traceback,
                                 output, duration)
+
+
+async def _interrupted_at(live: _Live, cell: NotebookNode) -> int | None:
+    """Interrupt a snippet that ran out of time; the post line of the statement it was in
+    (from the KeyboardInterrupt's traceback), or None when the interrupt did not land in time
+    (a C call that holds the GIL): then the kernel is killed as it is."""
+    client = live.client
+    try:
+        assert client.km is not None
+        await ensure_async(client.km.interrupt_kernel())
+        return await asyncio.wait_for(_error_line(client, live.session, cell), INTERRUPT_GRACE)
+    except Exception:
+        return None
+
+
+def _crash_line(live: _Live) -> int | None:
+    """The post line a dead kernel was running, where its crash left a traceback (Python's
+    faulthandler, on SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL)."""
+    try:
+        text = live.crashes.read_text(errors="replace")
+    except OSError:
+        return None
+    cells = dict(live.places.cells)
+    for match in re.finditer(r'File "([^"]+)", line (\d+)', text.split("Fatal Python")[-1]):
+        if match[1] in cells:
+            return cells[match[1]] + int(match[2])  # most recent call first
+    return None
 
 
 async def _death(client: NotebookClient) -> str:
@@ -280,8 +383,10 @@ async def _death(client: NotebookClient) -> str:
     return f"exit status {code}"
 
 
-def collect_output(outputs: list[NotebookNode]) -> Output:
-    """Text, tables and figures in the order they came; stderr apart."""
+def collect_output(outputs: list[NotebookNode], places: Places | None = None,
+                   budget: _Budget | None = None) -> Output:
+    """Text, tables and figures in the order they came; stderr apart; every text portable
+    (`portable.py`), long lines cut, and a last line saying how much the budget cut."""
     parts: list[Part] = []
     stderr: list[str] = []
     for output in outputs:
@@ -291,15 +396,58 @@ def collect_output(outputs: list[NotebookNode]) -> Output:
             parts.append(Part("text", output.text))
         elif output.output_type in ("execute_result", "display_data"):
             parts += _display_part(output.get("data", {}))
+    if budget is not None and budget.cut:
+        parts.append(Part("text", f"\n... [{budget.cut:,} more bytes of output cut by the runner:"
+                                  f" max-output-bytes is {budget.limits.max_bytes:,}]\n"))
     merged: list[Part] = []
     for part in parts:  # neighbouring text is one part
         if merged and part.kind == "text" == merged[-1].kind:
             merged[-1] = Part("text", merged[-1].text + part.text)
         else:
             merged.append(part)
+    merged = [_shaped(part, places, budget) for part in merged]
     stdout = "".join(p.text if p.kind == "text" else p.text + "\n" for p in merged)
     rich = any(p.kind != "text" for p in merged)
-    return Output(stdout, "".join(stderr), tuple(merged) if rich else ())
+    return Output(stdout, _shaped(Part("text", "".join(stderr)), places, budget).text,
+                  tuple(merged) if rich else ())
+
+
+def _shaped(part: Part, places: Places | None, budget: _Budget | None) -> Part:
+    text, html = part.text, part.html
+    if places is not None:
+        text, html = portable(text, places), portable(html, places)
+    if budget is not None:
+        text = _cut_lines(text, budget.limits.max_line)
+    return Part(part.kind, text, html, part.png)
+
+
+def _cut_lines(text: str, max_line: int) -> str:
+    """Lines longer than `max_line` characters cut, each with a note of how much."""
+    if len(text) <= max_line or all(len(line) <= max_line for line in text.split("\n")):
+        return text
+    return "\n".join(line if len(line) <= max_line else
+                     f"{line[:max_line]} ... [{len(line) - max_line:,} more characters cut by "
+                     f"the runner: max-line-chars is {max_line:,}]"
+                     for line in text.split("\n"))
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """How much of a snippet's output is kept: text bytes in all, and characters a line."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES  # [tool.runner] max-output-bytes
+    max_line: int = DEFAULT_MAX_LINE_CHARS  # [tool.runner] max-line-chars
+    max_images: int = 50  # figures a snippet may record
+
+
+@dataclass
+class _Budget:
+    """What one cell's output has used of its limits, counted as it streams in."""
+
+    limits: OutputLimits
+    used: int = 0
+    cut: int = 0  # text bytes dropped
+    images: int = 0
 
 
 def _display_part(data: dict[str, Any]) -> list[Part]:
@@ -336,9 +484,10 @@ async def _error_line(client: NotebookClient, session: Session, cell: NotebookNo
     return None
 
 
-def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
-            kernels_dir: Path, sockets: Path) -> _Client:
-    specs = KernelSpecManager(kernel_dirs=[str(kernels_dir)], ensure_native_kernel=False)
+def _client(notebook: NotebookNode, env: BuiltEnv, setup: KernelSetup,
+            sockets: Path) -> _Client:
+    specs = KernelSpecManager(kernel_dirs=[str(setup.kernels_dir or env.kernels_dir)],
+                              ensure_native_kernel=False)
     manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs)
     # Unix sockets, not TCP: a kernel without network (its own empty network namespace) can
     # still talk to the runner, and nothing else on the machine can talk to the kernel.
@@ -347,19 +496,55 @@ def _client(notebook: NotebookNode, env: BuiltEnv, timeout: float,
     manager.connection_file = str(sockets / "kernel.json")  # not in a runtime folder of all
 
     def cell_timeout(cell: NotebookNode) -> float:
-        return float(cell.metadata.get("runner", {}).get("timeout") or timeout)
+        return float(cell.metadata.get("runner", {}).get("timeout") or setup.timeout)
 
-    return _Client(notebook, km=manager, kernel_name=env.kernel_name,
-                   timeout=max(1, math.ceil(timeout)), timeout_func=cell_timeout,
+    # Output that arrives after the reply is waited for (IOPUB_TIMEOUT), and a snippet whose
+    # output is still arriving then fails: output is never dropped in silence.
+    return _Client(notebook, setup.output, km=manager, kernel_name=env.kernel_name,
+                   timeout=max(1, math.ceil(setup.timeout)), timeout_func=cell_timeout,
                    allow_errors=True, record_timing=False, startup_timeout=120,
-                   shutdown_kernel="immediate")
+                   shutdown_kernel="immediate", raise_on_iopub_timeout=True,
+                   iopub_timeout=IOPUB_TIMEOUT)
 
 
 class _Client(NotebookClient):
-    """nbclient's client with a quicker readiness check. jupyter_client's `wait_for_ready` ends
-    by waiting for 0.2 s of silence on iopub, once per kernel; here the kernel is ready as soon
-    as its reply to `kernel_info` has come and iopub has carried that request's status (which
-    proves the subscription is live). Until then it asks again, as jupyter_client does."""
+    """nbclient's client with a quicker readiness check and bounded output.
+
+    jupyter_client's `wait_for_ready` ends by waiting for 0.2 s of silence on iopub, once per
+    kernel; here the kernel is ready as soon as its reply to `kernel_info` has come and iopub
+    has carried that request's status (which proves the subscription is live). Until then it
+    asks again, as jupyter_client does.
+
+    Output is counted against the cell's budget as it streams in: past it, messages are
+    dropped at once (counted), so a flood of output keeps the runner's memory bounded; and
+    output nodes are made without nbformat's per-output schema validation (1.4 ms each: the
+    runner's whole cost on a flood of `display()` calls)."""
+
+    def __init__(self, notebook: NotebookNode, limits: OutputLimits, **kwargs: Any) -> None:
+        super().__init__(notebook, **kwargs)
+        self.output_limits = limits
+        self.budget = _Budget(limits)
+
+    def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
+               cell_index: int) -> NotebookNode | None:
+        """nbclient's `output` (an output hook, a delayed clear, display ids), with the
+        budget and a node made from the message as it is."""
+        parent = msg["parent_header"].get("msg_id")
+        if self.output_hook_stack[parent]:
+            self.output_hook_stack[parent][-1].output(outs, msg, display_id, cell_index)
+            return None
+        out = _node(msg, self.budget)
+        if out is None:
+            return None
+        if self.clear_before_next_output:
+            outs[:] = []
+            self.clear_display_id_mapping(cell_index)
+            self.clear_before_next_output = False
+        if display_id:
+            self._display_id_map.setdefault(display_id, {}).setdefault(cell_index, []).append(
+                len(outs))
+        outs.append(out)
+        return out
 
     @contextlib.asynccontextmanager
     async def async_setup_kernel(self, **kwargs: Any) -> AsyncIterator[None]:
@@ -431,13 +616,34 @@ def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
     return variables
 
 
-async def _check_prefix(client: NotebookClient, env: BuiltEnv) -> None:
-    """Make sure the kernel runs in the env: no other `python3` kernelspec may stand in for it."""
+async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
+                 notebook: NotebookNode, scratch: Path, crashes: Path) -> Places:
+    """One request before the first cell: the kernel must run in the env (no other `python3`
+    kernelspec may stand in for it); a crash must leave a traceback (faulthandler); and the
+    places its output may name, to be made portable (each cell's compiled file name among
+    them)."""
     assert client.kc is not None
+    sources = [cell.source for cell in notebook.cells]
+    expressions = {
+        "prefix": "__import__('sys').prefix",
+        "python": "__import__('sys').base_prefix",
+        "home": "__import__('os').path.expanduser('~')",
+        "tmp": "__import__('tempfile').gettempdir()",
+        # the kernel's fd 2 is ipykernel's pipe to iopub, which a crash never empties
+        "faults": f"__import__('faulthandler').enable(open({str(crashes)!r}, 'w'))",
+        "cells": f"[get_ipython().compile.get_code_name(s, s, 0) for s in {sources!r}]",
+    }
     msg_id = client.kc.execute("", silent=True, store_history=False,
-                               user_expressions={"prefix": "__import__('sys').prefix"})
+                               user_expressions=expressions)
     reply = await client.async_wait_for_reply(msg_id)
     assert reply is not None
-    prefix = ast.literal_eval(reply["content"]["user_expressions"]["prefix"]["data"]["text/plain"])
+    found = {name: value.get("data", {}).get("text/plain")
+             for name, value in reply["content"]["user_expressions"].items()}
+    prefix = ast.literal_eval(found["prefix"])
     if Path(prefix).resolve() != env.prefix.resolve():
         raise RuntimeError(f"kernel runs in {prefix}, not in the env {env.prefix}")
+    names = ast.literal_eval(found["cells"] or "[]")
+    lines = [int(cell.metadata["runner"]["line"]) for cell in notebook.cells]
+    return Places(session.post, tuple(zip(names, lines, strict=False)), str(scratch), prefix,
+                  ast.literal_eval(found["python"]), ast.literal_eval(found["home"]),
+                  ast.literal_eval(found["tmp"]))

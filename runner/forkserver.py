@@ -141,8 +141,8 @@ def apply_limits() -> None:
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = (
-    2, 4, 8, 32, 4096, 8192, 16384, 1 << 18)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
 SESSION_HOME = "/tmp/home"
 
@@ -185,20 +185,33 @@ def enter_session(limits: dict[str, Any]) -> None:
 
 def _session_view(limits: dict[str, Any]) -> None:
     """Mounts: a fresh /proc; the session folder kept, every other file of the run (other
-    sessions, the fork server's socket) hidden; private /tmp and /dev/shm."""
+    sessions, the fork server's socket) hidden; private /tmp and /dev/shm. What the fresh
+    mounts would hide but the kernel needs (the session folder; the env and its base Python
+    where they live under /tmp) is set aside first and put back after, the env read-only."""
     session, workspace = limits["session"], limits["workspace"]
     memory = int(limits.get("memory_mb") or 4096)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    stage = "/run/runner-session"
-    os.makedirs(stage, exist_ok=True)
-    _mount(session, stage, None, MS_BIND | MS_REC)
+    hidden = ("/tmp", "/dev/shm", workspace)
+    kept = [(session, False)] + [
+        (path, True) for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+        if any(_inside(path, folder) for folder in hidden)]
+    for number, (path, _) in enumerate(kept):
+        os.makedirs(f"/run/runner-kept/{number}", exist_ok=True)
+        _mount(path, f"/run/runner-kept/{number}", None, MS_BIND | MS_REC)
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={memory}m,mode=1777")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={min(memory // 2, 512)}m,mode=1777")
     if os.path.exists(workspace):  # a run folder outside /tmp ($TMPDIR elsewhere)
         _mount("tmpfs", workspace, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-    os.makedirs(session, exist_ok=True)
-    _mount(stage, session, None, MS_MOVE)
+    for number, (path, read_only) in enumerate(kept):
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/run/runner-kept/{number}", path, None, MS_MOVE)
+        if read_only:
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _init(kernel: int) -> None:

@@ -1,7 +1,8 @@
 """When is a figure stale? Pixels, not bytes: PNG bytes change with zlib, libpng and matplotlib
 versions while the picture does not. Two figures are the same when they have the same size and
 at most `TOLERANCE` of their pixels differ by more than `CHANNEL_DELTA` in some channel (text
-anti-aliasing moves a few edge pixels between FreeType versions). Pure: bytes in, bool out."""
+anti-aliasing moves a few edge pixels between FreeType versions). Pure: bytes in, a verdict
+out (`same_picture`) or what differs (`difference`)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,29 @@ CHANNEL_DELTA = 16  # out of 255
 
 
 def same_picture(old: bytes, new: bytes) -> bool:
+    return difference(old, new) is None
+
+
+def difference(old: bytes, new: bytes) -> str | None:
+    """None when the two are the same picture; else what differs, in words: "size 640x480 ->
+    800x600", "12.5 % of pixels differ by more than 16/255", or "not a picture" (a file that
+    cannot be read as an image, unless its bytes are equal)."""
     if old == new:
-        return True
+        return None
     from PIL import Image, ImageChops  # only when a figure changed bytes: most runs never do
 
     try:
         a, b = (Image.open(io.BytesIO(data)).convert("RGBA") for data in (old, new))
     except (OSError, ValueError):  # not a picture: only equal bytes are the same
-        return False
+        return "not a picture"
     if a.size != b.size:
-        return False
-    difference = ImageChops.difference(a, b)
-    channels = difference.split()
+        return f"size {a.size[0]}x{a.size[1]} -> {b.size[0]}x{b.size[1]}"
+    channels = ImageChops.difference(a, b).split()
     mask = channels[0].point(lambda v: 255 if v > CHANNEL_DELTA else 0)
     for channel in channels[1:]:
         mask = ImageChops.lighter(mask, channel.point(lambda v: 255 if v > CHANNEL_DELTA else 0))
     changed = mask.histogram()[255]
-    return changed <= TOLERANCE * a.size[0] * a.size[1]
+    if changed <= TOLERANCE * a.size[0] * a.size[1]:
+        return None
+    share = 100 * changed / (a.size[0] * a.size[1])
+    return f"{share:.3g} % of pixels differ by more than {CHANNEL_DELTA}/255"

@@ -7,9 +7,10 @@ list items and block quotes, CRLF and BOM files all come out with their exact li
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import yaml
@@ -221,6 +222,15 @@ def recorded_output(post: Post, snippet: Snippet) -> list[tuple[str, str]]:
     return found
 
 
+MARKER_KEYS = ("skip", "raises", "env", "timeout", "parameters", "tolerance", "unordered", "output")
+_FLAGS = ("skip", "parameters", "unordered")  # markers that stand without a value
+# Numeric markers: the check on the number and what a good value is.
+_NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "timeout": (lambda x: x > 0, "a positive number of seconds"),
+    "tolerance": (lambda x: 0 <= x < 1, "a relative tolerance from 0 (exact) below 1, like 1e-6"),
+}
+
+
 def parse_markers(path: str, line: int, info: str) -> Markers:
     """`python runner:skip="needs network" runner:timeout=60` -> Markers."""
     try:
@@ -231,25 +241,40 @@ def parse_markers(path: str, line: int, info: str) -> Markers:
     for word in words[1:]:
         if not word.startswith(MARKER_PREFIX):
             continue
-        key, _, value = word[len(MARKER_PREFIX):].partition("=")
-        if key not in {"skip", "raises", "env", "timeout", "parameters"}:
+        key, equals, value = word[len(MARKER_PREFIX):].partition("=")
+        if key not in MARKER_KEYS:
             raise PostError(f"unknown marker '{word}' (known: runner:skip, runner:raises=Error, "
-                            "runner:env=NAME, runner:timeout=SECONDS, runner:parameters)",
+                            "runner:env=NAME, runner:timeout=SECONDS, runner:parameters, "
+                            "runner:tolerance=1e-6, runner:unordered, runner:output=none)",
                             path, line)
-        if key not in ("skip", "parameters") and not value:
+        if key not in _FLAGS and not value:
             raise PostError(f"marker '{MARKER_PREFIX}{key}' needs a value", path, line)
+        if key == "unordered" and equals:
+            raise PostError(f"marker '{MARKER_PREFIX}unordered' takes no value", path, line)
         values[key] = value
-    timeout = None
-    if "timeout" in values:
-        try:
-            timeout = float(values["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not timeout > 0:
-            raise PostError(f"runner:timeout must be a positive number of seconds, "
-                            f"not '{values['timeout']}'", path, line)
+    if values.get("output", "none") != "none":
+        raise PostError(f"runner:output takes one value, none (run it, record nothing), "
+                        f"not '{values['output']}'", path, line)
     return Markers(skip=values.get("skip"), raises=values.get("raises"), env=values.get("env"),
-                   timeout=timeout, parameters="parameters" in values)
+                   timeout=_number(values, "timeout", path, line),
+                   parameters="parameters" in values,
+                   tolerance=_number(values, "tolerance", path, line),
+                   unordered="unordered" in values, record_output="output" not in values)
+
+
+def _number(values: dict[str, str], key: str, path: str, line: int) -> float | None:
+    """The value of a numeric marker (None when absent), or a PostError at the fence."""
+    if key not in values:
+        return None
+    good, meaning = _NUMBERS[key]
+    try:
+        number = float(values[key])
+    except ValueError:
+        number = math.nan
+    if not good(number):
+        raise PostError(f"{MARKER_PREFIX}{key} must be {meaning}, not '{values[key]}'",
+                        path, line)
+    return number
 
 
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:

@@ -25,6 +25,7 @@ class ErrorKind(StrEnum):
     DID_NOT_RAISE = "DidNotRaise"  # runner:raises=X, and nothing was raised
     ENV = "EnvError"  # its environment could not be built
     NONDETERMINISTIC = "Nondeterministic"  # --check-determinism: two runs printed different text
+    OUTPUT_LOST = "OutputLost"  # output still arriving long after the snippet ended
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Markers:
     env: str | None = None
     timeout: float | None = None
     parameters: bool = False  # the post's parameters (papermill's "parameters" cell)
+    tolerance: float | None = None  # relative, for numbers in its text output; None: project's
+    unordered: bool = False  # its output lines compared as a multiset
+    record_output: bool = True  # runner:output=none: it runs, but no output block is kept
 
 
 @dataclass(frozen=True)

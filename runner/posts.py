@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner.atomic import NotAFile, TooLarge, read_regular, remove_stale_temps, write_atomic
 from runner.errors import PostError, UsageError
-from runner.images import same_picture
+from runner.images import difference
 from runner.markdown import POST_SUFFIXES
 from runner.model import Output, Post
 from runner.writeback import (
@@ -109,6 +109,9 @@ def replace(path: Path, old: str, new: str) -> None:
     lives). Compare and rename happen under a lock on the target's folder, so of two runs at
     once (two terminals, CI and a hook) each writes what it read over, or nothing; a lock
     held elsewhere for over LOCK_SECONDS is a PostError and nothing is written."""
+    if len(new.encode("utf-8")) > MAX_BYTES:  # never write what a later read would refuse
+        raise PostError(f"would be {len(new.encode('utf-8')) / 2**20:.1f} MB with its output, "
+                        f"over the {MAX_BYTES // 2**20} MB a post may be: not written", path)
     target = Path(os.path.realpath(path))
     sweep(target.parent)  # only where the run writes: verify changes nothing under posts/
     with _folder_locked(target.parent, path):
@@ -173,14 +176,17 @@ class Fresh:
 
     text: str
     pictures: dict[Path, bytes]  # every figure the post links, as drawn now
-    redrawn: tuple[Path, ...]  # figures missing on disk or changed by their pixels
+    redrawn: dict[Path, str]  # figures missing on disk or changed by their pixels: how
     orphans: tuple[Path, ...]  # figure files beside the post that no snippet draws any more
 
     def differs(self, old: str) -> bool:
         return self.text != old or bool(self.redrawn or self.orphans)
 
     def notes(self) -> str:
-        return "".join(f"figure {p}: missing or changed\n" for p in self.redrawn) + "".join(
+        """One line per stale figure, saying what differs: "figure posts/x/snippet-1-figure-1.png:
+        size 640x480 -> 800x600" (or "missing", "12.5 % of pixels differ by more than 16/255",
+        "no longer drawn")."""
+        return "".join(f"figure {p}: {why}\n" for p, why in self.redrawn.items()) + "".join(
             f"figure {p}: no longer drawn\n" for p in self.orphans)
 
 
@@ -190,11 +196,16 @@ def freshen(path: Path, post: Post, outputs: Mapping[int, Output], verified_by: 
     text = stamp(render(post, outputs, options), verified_by)
     folder = path.parent
     pictures = {folder / rel: png for rel, png in figures(post, outputs).items()}
-    redrawn = tuple(p for p, png in pictures.items()
-                    if (old := read_bytes(p)) is None or not same_picture(old, png))
+    redrawn = {p: why for p, png in pictures.items() if (why := _stale_figure(p, png))}
     orphans = tuple(p for p in sorted((folder / figure_folder(str(path))).glob(FIGURE_GLOB))
                     if p not in pictures)
     return Fresh(text, pictures, redrawn, orphans)
+
+
+def _stale_figure(path: Path, png: bytes) -> str | None:
+    """What differs between the figure on disk and the one drawn now (None: the same)."""
+    old = read_bytes(path)
+    return "missing" if old is None else difference(old, png)
 
 
 def write_fresh(path: Path, old: str, fresh: Fresh) -> None:

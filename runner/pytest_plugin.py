@@ -29,12 +29,11 @@ from runner.config import Config, load
 from runner.errors import PostError, UsageError
 from runner.markdown import POST_SUFFIXES
 from runner.model import ErrorInfo, Snippet
-from runner.report import PostOutcome, Run
+from runner.report import STALE, PostOutcome, Run
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
 
-STALE = "recorded output is stale: run `nox -s update-posts`"
 _CONFIG = pytest.StashKey[Config]()
 _RUN = pytest.StashKey[dict[str, PostOutcome]]()
 

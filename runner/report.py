@@ -1,20 +1,45 @@
-"""Outcomes -> what people and tools read: terminal lines, the JSON report, JUnit XML."""
+"""Outcomes -> what people and tools read: terminal lines, the JSON report, JUnit XML.
+
+Text from posts and snippets (messages, paths, output) is data: on a terminal it never starts a
+line that a CI runner reads as a command, and in XML it is always well formed."""
 
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from runner.errors import UsageError
 from runner.model import SnippetResult
 from runner.posts import Fresh
 
 PostStatus = Literal["passed", "failed", "stale", "error"]
+POST_STATUSES: tuple[PostStatus, ...] = ("passed", "failed", "stale", "error")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STALE = "recorded output is stale: run `nox -s update-posts`"
+
+
+class PostCounts(TypedDict):
+    passed: int
+    failed: int
+    stale: int
+    error: int
+
+
+class Summary(TypedDict):
+    """The JSON report's `summary`: snippets by status, stale posts, cache hits, and (added)
+    posts by status."""
+
+    passed: int
+    failed: int
+    skipped: int
+    stale: int
+    cached: int
+    posts: PostCounts
 
 
 @dataclass(frozen=True)
@@ -42,16 +67,22 @@ class Run:
     def snippets(self) -> tuple[SnippetResult, ...]:
         return tuple(r for post in self.posts for r in post.snippets)
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> Summary:
         count = [r.status for r in self.snippets].count
+        posts = post_counts([p.status for p in self.posts])
         return {"passed": count("passed"), "failed": count("failed"),
-                "skipped": count("skipped"),
-                "stale": [p.status for p in self.posts].count("stale"),
-                "cached": sum(r.cached for r in self.snippets)}
+                "skipped": count("skipped"), "stale": posts["stale"],
+                "cached": sum(r.cached for r in self.snippets), "posts": posts}
 
     @property
     def exit_code(self) -> int:
         return exit_code([p.status for p in self.posts], [r.status for r in self.snippets])
+
+
+def post_counts(statuses: Sequence[str]) -> PostCounts:
+    count = list(statuses).count
+    return {"passed": count("passed"), "failed": count("failed"), "stale": count("stale"),
+            "error": count("error")}
 
 
 def exit_code(post_statuses: Sequence[str], snippet_statuses: Sequence[str]) -> int:
@@ -61,27 +92,62 @@ def exit_code(post_statuses: Sequence[str], snippet_statuses: Sequence[str]) -> 
     return EXIT_FAILED if bad else EXIT_OK
 
 
+# --- text that is safe to print ----------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """A message on one line: its line breaks (every kind Python splits at) shown as `⏎`."""
+    return "⏎".join(text.splitlines())
+
+
+def inert(line: str) -> str:
+    """A terminal line no GitHub runner reads as a workflow command. The runner takes a line
+    that starts with `::` once leading blanks are trimmed, and `##[` anywhere in a line (the
+    legacy form): such a line gets a `|` in front, and `##[` becomes `#|#[`."""
+    line = line.replace("##[", "#|#[")
+    return "|" + line if line.lstrip().startswith("::") else line
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+# --- the terminal ------------------------------------------------------------------------------
+
+
 def snippet_line(result: SnippetResult) -> str | None:
     """One terminal line for a snippet worth a line: `posts/x.md:135: NameError: ...`."""
     s = result.snippet
     if result.status == "failed" and result.error is not None:
         line = result.error.post_line or s.line
-        return f"{s.path}:{line}: {result.error.type}: {result.error.message}"
+        return one_line(f"{s.path}:{line}: {result.error.type}: {result.error.message}")
     if result.status == "skipped":
-        return f"{s.path}:{s.line}: skipped: {result.reason}"
+        return one_line(f"{s.path}:{s.line}: skipped: {result.reason}")
     return None
 
 
 def post_line(post: PostOutcome) -> str:
     if post.status == "error":
         where = post.path if post.error_line is None else f"{post.path}:{post.error_line}"
-        return f"{where}: error: {post.error}"
+        return one_line(f"{where}: error: {post.error}")
     if post.status == "stale":
-        return f"{post.path}: stale: recorded output differs from a fresh run"
+        return one_line(f"{post.path}: stale: recorded output differs from a fresh run")
     if post.parameters:
         shown = ", ".join(f"{n}={v}" for n, v in post.parameters)
-        return f"{post.path}: {post.status} (parameters {shown}: output not compared)"
-    return f"{post.path}: {post.status}" + (" (output written)" if post.written else "")
+        return one_line(f"{post.path}: {post.status} (parameters {shown}: output not compared)")
+    return one_line(f"{post.path}: {post.status}" + (" (output written)" if post.written else ""))
+
+
+def summary_line(run: Run) -> str:
+    """`3 posts: 1 passed, 1 failed, 1 stale, 0 errors; 12 snippets: 9 passed, 1 failed,
+    2 skipped (0 cached); 4.2 s`."""
+    totals = run.summary()
+    posts = totals["posts"]
+    return (f"{_plural(len(run.posts), 'post')}: {posts['passed']} passed, "
+            f"{posts['failed']} failed, {posts['stale']} stale, "
+            f"{_plural(posts['error'], 'error')}; {_plural(len(run.snippets), 'snippet')}: "
+            f"{totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped "
+            f"({totals['cached']} cached); {run.duration_s:.1f} s")
 
 
 def terminal(run: Run) -> str:
@@ -93,11 +159,12 @@ def terminal(run: Run) -> str:
         lines += [text for r in by_post.get(post.path, []) if (text := snippet_line(r))]
         lines.append(post_line(post))
         if post.diff:
-            lines.append(post.diff.rstrip("\n"))
-    totals = run.summary()
-    lines.append(", ".join(f"{n} {k}" for k, n in totals.items())
-                 + f" in {len(run.posts)} posts, {run.duration_s:.1f} s")
-    return "\n".join(lines) + "\n"
+            lines += post.diff.splitlines()
+    lines.append(summary_line(run))
+    return "".join(inert(line) + "\n" for line in lines)
+
+
+# --- the JSON report ---------------------------------------------------------------------------
 
 
 def to_json(run: Run) -> dict[str, Any]:
@@ -131,33 +198,98 @@ def write_json(run: Run, path: Path) -> None:
     path.write_text(json.dumps(to_json(run), indent=2) + "\n", encoding="utf-8")
 
 
-def write_junit(results: Sequence[SnippetResult], path: Path) -> None:
-    """One testcase per snippet, with the post's file and the fence's line."""
+# --- JUnit XML ---------------------------------------------------------------------------------
+
+HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? ")  # a unified diff's hunk header, recorded side
+# What XML 1.0 does not allow in a document, even escaped; surrogates cannot be UTF-8.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if m[0] < " " else f"\\u{ord(m[0]):04x}",
+                       text)
+
+
+def write_junit(run: Run, path: Path) -> None:
+    """A testcase per snippet, with the post's file and the fence's line, then one per post
+    (`post`): a failure when stale (the diff), an error when it could not be read or written,
+    skipped when a snippet failed (its output was not compared), else passed."""
+    snippets, posts = run.snippets, [p.status for p in run.posts]
     root = ET.Element("testsuites")
-    suite = ET.SubElement(root, "testsuite", name="runner", tests=str(len(results)),
-                       failures=str(sum(r.status == "failed" for r in results)),
-                       skipped=str(sum(r.status == "skipped" for r in results)))
-    for result in results:
-        s = result.snippet
-        case = ET.SubElement(suite, "testcase", classname=s.path, name=f"{s.path}:{s.line}",
-                             file=s.path, line=str(s.line), time=f"{result.duration_s:.3f}")
-        if result.status == "failed" and result.error is not None:
-            failure = ET.SubElement(case, "failure", type=result.error.type,
-                                    message=snippet_line(result) or result.error.message)
-            failure.text = result.error.traceback
-        elif result.status == "skipped":
-            ET.SubElement(case, "skipped", message=result.reason or "")
+    suite = ET.SubElement(
+        root, "testsuite", name="runner", tests=str(len(snippets) + len(posts)),
+        failures=str(sum(r.status == "failed" for r in snippets) + posts.count("stale")),
+        errors=str(posts.count("error")),
+        skipped=str(sum(r.status == "skipped" for r in snippets) + posts.count("failed")))
+    for post in run.posts:
+        for result in post.snippets:
+            _snippet_case(suite, result)
+        _post_case(suite, post)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _snippet_case(suite: ET.Element, result: SnippetResult) -> None:
+    s = result.snippet
+    case = ET.SubElement(suite, "testcase", classname=_xml(s.path),
+                         name=_xml(f"{s.path}:{s.line}"), file=_xml(s.path), line=str(s.line),
+                         time=f"{result.duration_s:.3f}")
+    if result.status == "failed" and result.error is not None:
+        failure = ET.SubElement(case, "failure", type=_xml(result.error.type),
+                                message=_xml(snippet_line(result) or result.error.message))
+        failure.text = _xml(result.error.traceback)
+    elif result.status == "skipped":
+        ET.SubElement(case, "skipped", message=_xml(result.reason or ""))
+
+
+def _post_case(suite: ET.Element, post: PostOutcome) -> None:
+    case = ET.SubElement(suite, "testcase", classname=_xml(post.path), name="post",
+                         file=_xml(post.path))
+    if post.status == "stale":
+        case.set("line", str(first_changed_line(post.diff)))
+        failure = ET.SubElement(case, "failure", type="stale", message=_xml(post_line(post)))
+        failure.text = _xml(post.diff)
+    elif post.status == "error":
+        if post.error_line is not None:
+            case.set("line", str(post.error_line))
+        error = ET.SubElement(case, "error", type="error", message=_xml(post_line(post)))
+        error.text = _xml(post.error or "")
+    elif post.status == "failed":
+        failed = [r.snippet.line for r in post.snippets if r.status == "failed"]
+        where = f"the snippet at line {failed[0]}" if failed else "a snippet"
+        ET.SubElement(case, "skipped", message=f"output not compared: {where} failed")
+
+
+def first_changed_line(diff: str) -> int:
+    """The recorded post's line where a stale post's diff first differs (its first hunk's
+    `@@ -L,N` plus the context lines before the first change); 1 when the diff has no hunk
+    (only figures changed, or only the final newline)."""
+    lines = diff.splitlines()
+    for n, header in enumerate(lines):
+        if (hunk := HUNK.match(header)) is None:
+            continue
+        line = int(hunk[1]) + (hunk[2] == "0")  # an empty side names the line before
+        for body in lines[n + 1:]:
+            if body.startswith(("-", "+")):
+                break
+            line += body.startswith(" ")
+        return max(line, 1)
+    return 1
+
+
+# --- shards ------------------------------------------------------------------------------------
 
 
 def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """N shard reports -> one: posts and snippets together, in path and line order, and the
-    summary added up."""
+    summary added up (a report from before `summary.posts` has its posts counted)."""
     posts = sorted((p for r in reports for p in r["posts"]), key=lambda p: p["path"])
     snippets = sorted((s for r in reports for s in r["snippets"]),
                       key=lambda s: (s["post"], s["line"]))
     keys = ("passed", "failed", "skipped", "stale", "cached")
-    summary = {k: sum(r["summary"].get(k, 0) for r in reports) for k in keys}
+    summary: dict[str, Any] = {k: sum(r["summary"].get(k, 0) for r in reports) for k in keys}
+    counts = [r["summary"].get("posts") or post_counts([p["status"] for p in r["posts"]])
+              for r in reports]
+    summary["posts"] = {k: sum(c.get(k, 0) for c in counts) for k in POST_STATUSES}
     return {"summary": summary, "posts": posts, "snippets": snippets}
 
 
@@ -166,7 +298,7 @@ def merge_files(paths: Sequence[Path]) -> dict[str, Any]:
     a UsageError (the command was given a wrong file)."""
     try:
         return merge([json.loads(path.read_text(encoding="utf-8")) for path in paths])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise UsageError(f"cannot merge the reports: {why}",
                          getattr(exc, "filename", None)) from exc
@@ -177,8 +309,13 @@ def merged_exit_code(merged: dict[str, Any]) -> int:
                      [s["status"] for s in merged["snippets"]])
 
 
+# --- GitHub Actions ----------------------------------------------------------------------------
+
+
 def github_annotations(run: Run) -> str:
-    """`::error file=...,line=...::` lines GitHub Actions turns into annotations on the diff."""
+    """`::error file=...,line=...::` lines GitHub Actions turns into annotations on the diff:
+    failed snippets at the raising line, post errors at theirs, stale posts at their first
+    differing line."""
     lines = []
     for result in run.snippets:
         if result.status == "failed" and result.error is not None:
@@ -189,25 +326,34 @@ def github_annotations(run: Run) -> str:
         if post.status == "error":
             lines.append(_annotation(post.path, post.error_line or 1, post.error or "error"))
         elif post.status == "stale":
-            lines.append(_annotation(post.path, 1, "recorded output is stale: run "
-                                     "`nox -s update-posts`"))
+            lines.append(_annotation(post.path, first_changed_line(post.diff), STALE))
     return "".join(line + "\n" for line in lines)
 
 
 def _annotation(path: str, line: int, message: str) -> str:
-    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    return f"::error file={path},line={line}::{escaped}"
+    """Escaped as the runner unescapes: `%`, CR and LF in the message; those and `:` and `,`
+    in a property, so neither can end the command early or start another line."""
+    return f"::error file={_escape(path, ':,')},line={line}::{_escape(message)}"
+
+
+def _escape(text: str, also: str = "") -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    for char in also:
+        text = text.replace(char, f"%{ord(char):02X}")
+    return text
 
 
 def step_summary(run: Run) -> str:
     """A Markdown summary for $GITHUB_STEP_SUMMARY: totals, then a row per post."""
-    totals = run.summary()
-    rows = [f"| `{p.path}` | {p.status} | {p.error or ''} |" for p in run.posts]
+    rows = [f"| `{_cell(p.path)}` | {p.status} | {_cell(p.error or '')} |" for p in run.posts]
     failures = [f"- `{text}`" for r in run.snippets if (text := snippet_line(r))
                 and r.status == "failed"]
     return "\n".join([
-        "## Posts verified by the runner", "",
-        ", ".join(f"**{n}** {k}" for k, n in totals.items()), "",
+        "## Posts verified by the runner", "", summary_line(run), "",
         "| post | status | error |", "|---|---|---|", *rows, "",
         *(["### Failures", "", *failures, ""] if failures else []),
     ]) + "\n"
+
+
+def _cell(text: str) -> str:
+    return one_line(text).replace("|", "\\|")

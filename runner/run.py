@@ -25,16 +25,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from runner import cache, envs, markdown, parameters, plan, posts, sandbox
+from runner import cache, compare, envs, images, markdown, parameters, plan, posts, sandbox
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
-from runner.execute import Deadline, KernelSetup, files_beside, kernel_env, kernels_stopped
+from runner.execute import (
+    Deadline,
+    KernelSetup,
+    OutputLimits,
+    files_beside,
+    kernel_env,
+    kernels_stopped,
+)
 from runner.execute import run_session as _run_session
-from runner.images import same_picture
 from runner.model import EnvSpec, ErrorInfo, ErrorKind, Output, Post, Session, SnippetResult
 from runner.report import PostOutcome, Run
 from runner.warm import ForkServers, network_isolation
-from runner.writeback import RenderOptions, output_block, stamp_value
+from runner.writeback import RenderOptions, output_block, snippet_figure_links, stamp_value
 
 Mode = Literal["verify", "update"]
 NO_SANDBOX = "RUNNER_NO_SANDBOX"  # set: kernels run with limits only (to measure the sandbox)
@@ -196,7 +202,9 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
     setups = {name: KernelSetup(_timeout(config, options), servers.kernels_dir(name),
                                 tuple(kernel_env(env, _passenv(config, options)).items()),
                                 servers.folder, stop_in_background=True,
-                                sandbox=servers.bwrap is not None)
+                                sandbox=servers.bwrap is not None,
+                                output=OutputLimits(config.max_output_bytes,
+                                                    config.max_line_chars))
               for name, env in built.items() if isinstance(env, envs.BuiltEnv)}
 
     async def one(job: Job) -> None:
@@ -263,8 +271,10 @@ class _Tally:
 
     def _settle(self, index: int) -> None:
         results = sorted(self.results[index], key=lambda r: r.snippet.line)
-        if self.first:
-            results = check_determinism(self.first[index], results, self._render_options())
+        post = self.planned[index].post
+        if self.first and post is not None:
+            results = check_determinism(post, self.first[index], results,
+                                        self._render_options())
         outcome = settle(self.planned[index], tuple(results), self.config, self.options.mode,
                          self._render_options())
         self.settled[index] = outcome
@@ -272,7 +282,8 @@ class _Tally:
             self.on_post_done(outcome, len(self.settled), len(self.planned))
 
     def _render_options(self) -> RenderOptions:
-        return RenderOptions(self.config.patterns, self.config.max_output_lines)
+        return RenderOptions(self.config.patterns, self.config.max_output_lines,
+                             self.config.tolerance)
 
     def outcomes(self) -> tuple[PostOutcome, ...]:
         return tuple(self.settled[index] for index in range(len(self.planned)))
@@ -328,27 +339,37 @@ def _changed_on_disk(path: Path, parsed: str,
                        snippets=results)
 
 
-def check_determinism(first: Sequence[SnippetResult], second: Sequence[SnippetResult],
+def check_determinism(post: Post, first: Sequence[SnippetResult],
+                      second: Sequence[SnippetResult],
                       options: RenderOptions) -> list[SnippetResult]:
-    """A snippet whose output differs between two runs of the same code fails, with the lines.
-    Results are paired by fence line (sessions end in any order)."""
+    """A snippet whose output differs between two runs of the same code fails, with the lines
+    (the blocks as the post would record them, figure links included) or, where only pixels
+    differ, what differs in which figure. Results are paired by fence line (sessions end in
+    any order)."""
     again = {r.snippet.line: r for r in second}
-    return [_compare_runs(a, again[a.snippet.line], options) for a in
+    return [_compare_runs(post, a, again[a.snippet.line], options) for a in
             sorted(first, key=lambda r: r.snippet.line)]
 
 
-def _compare_runs(a: SnippetResult, b: SnippetResult, options: RenderOptions) -> SnippetResult:
-    if not a.status == b.status == "passed":
-        return a
-    old = "".join(output_block(a.snippet, a.output, "\n", options))
-    new = "".join(output_block(b.snippet, b.output, "\n", options))
-    pictures = zip(a.output.images(), b.output.images(), strict=False)
-    if old == new and all(same_picture(x, y) for x, y in pictures):
-        return a
+def _compare_runs(post: Post, a: SnippetResult, b: SnippetResult,
+                  options: RenderOptions) -> SnippetResult:
+    markers = a.snippet.markers
+    if not a.status == b.status == "passed" or not markers.record_output:
+        return a  # runner:output=none: nothing recorded, nothing to compare
+    old, new = ("".join(output_block(a.snippet, r.output, "\n", options,
+                                     snippet_figure_links(post, a.snippet, r.output)))
+                for r in (a, b))
+    drawn = zip(a.output.images(), b.output.images(), strict=False)
+    pictures = [f"figure {n}: {why}" for n, (x, y) in enumerate(drawn, 1)
+                if (why := images.difference(x, y))]
+    tolerance = options.tolerance if markers.tolerance is None else markers.tolerance
+    if not pictures and (old == new or compare.blocks_match(
+            old.splitlines(), new.splitlines(), tolerance, markers.unordered)):
+        return a  # the same, or within the snippet's rules (runner:tolerance, unordered)
     lines = [f"{x!r} then {y!r}" for x, y in zip(old.splitlines(), new.splitlines(),
                                                  strict=False) if x != y]
-    message = "output differs between two runs: " + (lines[0] if lines else "a figure changed")
-    diff = unified_diff(a.snippet.path, old, new)
+    message = "output differs between two runs: " + (lines or pictures)[0]
+    diff = unified_diff(a.snippet.path, old, new) + "".join(f"{p}\n" for p in pictures)
     return replace(a, status="failed",
                    error=ErrorInfo(ErrorKind.NONDETERMINISTIC, message, a.snippet.line, diff))
 

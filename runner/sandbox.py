@@ -61,7 +61,9 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
     """bubblewrap's command line for the env's sandbox, up to the command (the env's Python
     and the fork server's script, as the sandbox sees them)."""
     args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent", "--new-session", "--cap-add", "ALL"]
+            "--die-with-parent", "--new-session", "--cap-add", "ALL",
+            # first: the binds below may lie under /tmp (an env cache in a temp folder)
+            "--size", str(OUTER_TMP_MB * 2**20), "--tmpfs", "/tmp"]
     for name in SYSTEM:
         path = Path("/") / name
         if path.is_symlink():
@@ -73,25 +75,26 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
         args += ["--ro-bind", str(base), str(base)]
     for site in sorted(base.glob("lib/python3*/site-packages")):  # the host's packages
         args += ["--tmpfs", str(site)]
-    for tool in installers():  # the host's installers: present, but they only say why not
+    for tool in installers(base):  # the host's installers: there, but they only say why not
         args += ["--ro-bind", str(NO_INSTALL), str(tool)]
     args += ["--ro-bind", str(env.prefix), str(env.prefix),
              "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
-             "--size", str(OUTER_TMP_MB * 2**20), "--tmpfs", "/tmp",
              "--bind", str(workspace), str(workspace),
              "--ro-bind", str(FORKSERVER), INSIDE,
              "--", str(env.python), INSIDE]
     return args
 
 
-def installers() -> list[Path]:
-    """pip, uv and the like on the system's own PATH folders (the env has none of its own)."""
-    found = []
-    for folder in SYSTEM_PATH:
-        for pattern in INSTALLERS:
-            found += [p for p in sorted(Path(folder).glob(pattern))
-                      if not p.is_dir() and not Path(folder).is_symlink()]
-    return found
+def installers(base: Path) -> list[Path]:
+    """pip, uv and the like in the system's own PATH folders and the base Python's bin/ (the
+    env has none of its own)."""
+    found: set[Path] = set()
+    for folder in (*SYSTEM_PATH, str(base / "bin")):
+        if Path(folder).is_symlink():  # /bin -> usr/bin: seen there
+            continue
+        for pattern in INSTALLERS:  # a link is covered by covering what it points to
+            found |= {p.resolve() for p in Path(folder).glob(pattern) if p.resolve().is_file()}
+    return sorted(found)
 
 
 def base_prefix(env: BuiltEnv) -> Path:

@@ -35,7 +35,9 @@ class ForkServers:
 
     def __init__(self, bwrap: str | None = None) -> None:
         sweep_stale_runs()
-        self.folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))  # all of the run's own files
+        # All of the run's own files. Kernels' Unix sockets live in it, and a socket's path
+        # may not be longer than 107 bytes: a long $TMPDIR gives way to /tmp.
+        self.folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=run_folder_parent()))
         # Held while the run lives (the kernel drops it when the process goes, however it
         # goes): a later run removes a folder whose lock it can take.
         self._owner = os.open(self.folder / ".owner", os.O_CREAT | os.O_RDWR, 0o600)
@@ -101,6 +103,11 @@ class ForkServers:
         remove_empty_cgroups()
 
 
+def run_folder_parent() -> str:
+    temp = tempfile.gettempdir()
+    return "/tmp" if len(temp) > 40 and os.access("/tmp", os.W_OK) else temp
+
+
 def sweep_stale_runs() -> None:
     """Remove the folders of earlier runs that were killed (SIGKILL leaves them): only those
     whose owner lock can be taken, so a run still going is never touched. Also the post lock
@@ -110,7 +117,7 @@ def sweep_stale_runs() -> None:
         with contextlib.suppress(OSError):
             if time.time() - old.stat().st_mtime > 3600:
                 old.unlink()
-    for folder in temp.glob(f"{RUN_PREFIX}*"):
+    for folder in Path(run_folder_parent()).glob(f"{RUN_PREFIX}*"):
         try:
             owner = os.open(folder / ".owner", os.O_RDWR | os.O_NOFOLLOW)
         except OSError:

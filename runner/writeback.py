@@ -18,11 +18,21 @@ from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
 from runner import __version__
+from runner.compare import blocks_match
 from runner.config import DEFAULT_MAX_LINES
 from runner.markdown import OUTPUT_END, OUTPUT_LABEL, body_start, newline, split_lines
 from runner.model import EnvSpec, Output, Post, Session, Snippet
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Terminal escape sequences, removed: CSI (colours, cursor moves: `\x1b[31m`), the strings
+# of OSC, DCS, SOS, PM and APC ended by BEL or ST (titles, hyperlinks: `\x1b]8;;url\x07`), and
+# two-character escapes (`\x1b(B`, `\x1b7`).
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"
+                  r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)"
+                  r"|\x1b[ -/]*[0-~]")
+# Control characters left after that (C0 but tab and newline, DEL, C1, the Unicode line and
+# paragraph separators): shown as escapes, so that no byte of output can end a line, a fence
+# or a container early, or reach a reader's terminal raw.
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _UNIT = r"(?:ns|µs|μs|us|ms|s|min)"  # IPython writes µ or μ by version
 Patterns = Sequence[tuple[re.Pattern[str], str]]
 # Built-in normalisations, applied to all output before it is compared or written.
@@ -41,15 +51,38 @@ BUILTIN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 class RenderOptions:
     patterns: Patterns = field(default=())  # the project's own (pattern, replacement) pairs
     max_lines: int = DEFAULT_MAX_LINES  # longer text output is cut, with a marker line
+    tolerance: float = 0.0  # the project's, for numbers in text output (runner.compare)
 
 
 def normalize(text: str, patterns: Patterns = ()) -> str:
-    """What is compared and written: no ANSI colours, addresses or timings (and the project's
-    own patterns), no trailing spaces, no blank tail."""
+    """What is compared and written, as a terminal shows it, in lines that stay lines.
+
+    In order: terminal escape sequences (`ANSI`) removed; `\\r\\n` a newline, and a lone `\\r`
+    as a terminal takes it (the text after it overwrites the line from its start: a progress
+    bar keeps its last state); addresses and timings elided, then the project's own patterns;
+    every other control character (NUL, BEL, ESC, backspace, form feed, DEL, C1, U+2028/9)
+    shown as its escape (`\\x00`, `\\u2028`), tab and newline kept; no trailing spaces, no
+    blank tail. So a snippet's output can never end its fence or its container early."""
     text = ANSI.sub("", text).replace("\r\n", "\n")
+    text = "\n".join(_carriage_returns(line) for line in text.split("\n"))
     for pattern, replacement in (*BUILTIN_PATTERNS, *patterns):
         text = pattern.sub(replacement, text)
+    text = CONTROL.sub(_escape, text)
     return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+
+
+def _carriage_returns(line: str) -> str:
+    """A line as a terminal shows it: each `\\r` returns to its start, and the text after it
+    overwrites what was there (`"50%\\r100%"` -> `"100%"`, `"abcd\\rX"` -> `"Xbcd"`)."""
+    shown = ""
+    for piece in line.split("\r"):
+        shown = piece + shown[len(piece):]
+    return shown
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def render(post: Post, outputs: Mapping[int, Output],
@@ -59,13 +92,16 @@ def render(post: Post, outputs: Mapping[int, Output],
     lines = split_lines(post.text)
     line_end = newline(lines)
     numbered = {s.line: n for n, s in enumerate(post.snippets, 1)}
-    edits = sorted(((s, outputs[s.line]) for s in post.snippets if s.line in outputs),
+    edits = sorted(((s, outputs[s.line] if s.markers.record_output else Output())
+                    for s in post.snippets if s.line in outputs),
                    key=lambda pair: pair[0].anchor, reverse=True)
     for snippet, output in edits:
         links = figure_links(post.path, numbered[snippet.line], output)
         block = output_block(snippet, output, line_end, options, links)
         start, end = ((snippet.output.start, snippet.output.end) if snippet.output
                       else (snippet.anchor, snippet.anchor))
+        if snippet.output and _recorded_stands(snippet, lines[start:end], block, options):
+            continue  # within the snippet's tolerance or order: the recorded block stays
         if end == len(lines) and lines and not _ends_line(lines[-1]):
             # The post ends without a newline: so must it after the edit.
             if block and start == len(lines):  # inserting after that last line
@@ -76,6 +112,16 @@ def render(post: Post, outputs: Mapping[int, Output],
                 lines[start - 1] = lines[start - 1].rstrip("\r\n")
         lines[start:end] = block
     return "".join(lines)
+
+
+def _recorded_stands(snippet: Snippet, recorded: list[str], fresh: list[str],
+                     options: RenderOptions) -> bool:
+    """Whether the recorded block differs from the fresh one only as `runner:tolerance` (else
+    the project's) and `runner:unordered` allow, in its text fences."""
+    markers = snippet.markers
+    tolerance = options.tolerance if markers.tolerance is None else markers.tolerance
+    return bool(tolerance or markers.unordered) and blocks_match(recorded, fresh, tolerance,
+                                                                 markers.unordered)
 
 
 STAMP_KEY = "verified_by"
@@ -110,7 +156,7 @@ def figures(post: Post, outputs: Mapping[int, Output]) -> dict[str, bytes]:
     """Each figure's path (relative to the post's folder, as linked) and its PNG bytes."""
     found: dict[str, bytes] = {}
     for number, snippet in enumerate(post.snippets, 1):
-        if snippet.line in outputs:
+        if snippet.line in outputs and snippet.markers.record_output:  # output=none: no files
             links = figure_links(post.path, number, outputs[snippet.line])
             found.update(zip(links, outputs[snippet.line].images(), strict=True))
     return found
@@ -127,9 +173,35 @@ FIGURE_GLOB = "snippet-*-figure-*.png"
 
 
 def figure_links(post_path: str, number: int, output: Output) -> list[str]:
+    """Where the snippet's figures are saved, relative to the post's folder (file paths, not
+    yet link destinations: see `link_destination`)."""
     count = len(output.images())
     return [f"{figure_folder(post_path)}/snippet-{number}-figure-{k}.png"
             for k in range(1, count + 1)]
+
+
+def snippet_figure_links(post: Post, snippet: Snippet, output: Output) -> list[str]:
+    """`figure_links` of one of the post's snippets (its number is its place in the post)."""
+    return figure_links(post.path, post.snippets.index(snippet) + 1, output)
+
+
+# What a link destination may hold as it is: a post's name may hold anything else (a space, a
+# parenthesis, `#`, `?`, `%`, `<`, a newline), and those are percent-encoded.
+_LINK_SAFE = re.compile(r"[^\w\-.~/!$&'*+,;=@]")
+
+
+def link_destination(path: str) -> str:
+    """A relative file path as a CommonMark link destination that every renderer reads as that
+    file: `my post (draft)/a.png` -> `my%20post%20%28draft%29/a.png`. Letters and digits of
+    any script stay as they are."""
+    return _LINK_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), path)
+
+
+def _alt_text(text: str) -> str:
+    """A figure's plain text as alt text that stays one plain image label: letters, digits
+    and harmless punctuation, every other run of characters one space (no `]`, `<`, newline,
+    backslash or backtick)."""
+    return re.sub(r"[^\w.,:;=+\-()#%/]+", " ", text).strip() or "figure"
 
 
 def output_block(snippet: Snippet, output: Output, line_end: str = "\n",
@@ -148,13 +220,15 @@ def output_block(snippet: Snippet, output: Output, line_end: str = "\n",
 
 
 def _parts(output: Output, options: RenderOptions, links: Sequence[str]) -> list[list[str]]:
+    if len(links) != len(output.images()):
+        raise ValueError(f"{len(output.images())} figures and {len(links)} links: give "
+                         "output_block the figure links (`figure_links`)")
     images = iter(links)
     parts: list[list[str]] = []
     for part in output.all_parts():
         if part.kind == "image":
-            alt = re.sub(r"[\[\]\\\s]+", " ", normalize(part.text, options.patterns))
-            alt = alt.strip("<> ") or "figure"
-            parts.append([f"![{alt}]({next(images)})"])
+            alt = _alt_text(normalize(part.text, options.patterns))
+            parts.append([f"![{alt}]({link_destination(next(images))})"])
         elif part.kind == "table" and (table := markdown_table(part.html, options.patterns)):
             parts.append(table)
         else:
@@ -183,13 +257,22 @@ def markdown_table(html: str, patterns: Patterns = ()) -> list[str]:
     """A pandas DataFrame's HTML as a Markdown table; [] when it is not a plain grid."""
     reader = _TableReader()
     reader.feed(html)
-    rows = [[normalize(cell, patterns).replace("|", "\\|").replace("\n", " ") for cell in row]
-            for row in reader.rows]
+    rows = [[_table_cell(normalize(cell, patterns)) for cell in row] for row in reader.rows]
     if reader.spans or not rows or len({len(r) for r in rows}) != 1:
         return []
     head_rows, body = rows[:reader.head_rows] or rows[:1], rows[reader.head_rows or 1:]
     header = [next((r[i] for r in head_rows if r[i]), "") for i in range(len(rows[0]))]
     return ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *body]]
+
+
+def _table_cell(text: str) -> str:
+    """A cell's text as GFM table cell content that shows exactly that text, never HTML, a
+    link or an image: `<`, `>` and `&` as entities (`<script>` stays text, `&lt;` stays
+    `&lt;`), `|`, backtick and `[` escaped, a backslash before punctuation doubled, newlines
+    spaces."""
+    text = re.sub(r"\\(?=[!-/:-@\[-`{-~])", r"\\\\", text.replace("\n", " "))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("`", "\\`").replace("[", "\\[")
 
 
 class _TableReader(HTMLParser):

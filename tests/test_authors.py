@@ -128,6 +128,7 @@ def test_merged_report_adds_up(tmp_path: Path) -> None:
                                     "status": "passed"}]})
     merged = merge(parts[::-1])
     assert merged["summary"]["passed"] == 3 and merged["summary"]["skipped"] == 2
+    assert merged["summary"]["posts"] == {"passed": 2, "failed": 0, "stale": 0, "error": 0}
     assert [p["path"] for p in merged["posts"]] == ["posts/1.md", "posts/2.md"]
     for n, part in enumerate(parts):
         (tmp_path / f"r{n}.json").write_text(json.dumps(part))
@@ -186,7 +187,7 @@ def test_determinism_check_pairs_snippets_by_line_not_by_finish_order() -> None:
     post = parse("p.md", "```python\nprint(1)\n```\n\n```python\nprint(2)\n```\n")
     one, two = (SnippetResult(s, "sklearn", "passed", Output(f"{n}\n"))
                 for n, s in enumerate(post.snippets, 1))
-    checked = check_determinism([one, two], [two, one], RenderOptions())
+    checked = check_determinism(post, [one, two], [two, one], RenderOptions())
     assert [r.status for r in checked] == ["passed", "passed"]
 
 

@@ -44,7 +44,8 @@ def test_the_users_post_verifies_in_three_envs_with_a_real_server(tmp_path: Path
                   "--junit-xml", tmp_path / "j.xml")
     assert done.returncode == 0, done.stdout + done.stderr
     data = report(tmp_path / "r.json")
-    assert data["summary"] == {"passed": 6, "failed": 0, "skipped": 1, "stale": 0, "cached": 0}
+    assert data["summary"] == {"passed": 6, "failed": 0, "skipped": 1, "stale": 0, "cached": 0,
+                               "posts": {"passed": 1, "failed": 0, "stale": 0, "error": 0}}
     [skipped] = [s for s in data["snippets"] if s["status"] == "skipped"]
     assert skipped["reason"] == "downloads the ImageNet weights: needs the network"
     assert {s["env"] for s in data["snippets"]} == {"sklearn", "tensorflow", "fastapi"}
@@ -53,8 +54,11 @@ def test_the_users_post_verifies_in_three_envs_with_a_real_server(tmp_path: Path
     assert "GET /health -> 200 {'status': 'healthy'}" in text
     # The same on every machine: no branch on what a Keras cache of this machine holds.
     assert "Architecture checked with random weights (the ImageNet weights are a down" in text
-    cases = ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
-    assert [c.get("line") for c in cases] == [str(s["line"]) for s in data["snippets"]]
+    cases = list(ET.parse(tmp_path / "j.xml").getroot().iter("testcase"))
+    snippet_cases = [c for c in cases if c.get("name") != "post"]
+    assert [c.get("line") for c in snippet_cases] == [str(s["line"]) for s in data["snippets"]]
+    assert [(c.get("classname"), len(c)) for c in cases if c.get("name") == "post"] == [
+        (data["posts"][0]["path"], 0)]  # the post's own case, passed
 
 
 @pytest.mark.kernel

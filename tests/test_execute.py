@@ -13,14 +13,15 @@ from runner.model import SnippetResult
 from runner.plan import plan
 
 
-def run(built, project, text: str, timeout: float = 60) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
-    from runner.execute import KernelSetup, run_session
+def run(built, project, text: str, timeout: float = 60, limits=None) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
+    from runner.execute import KernelSetup, OutputLimits, run_session
 
     post = parse("posts/t.md", text)
     sessions = plan(post, project.envs)
     results: list[SnippetResult] = []
+    setup = KernelSetup(timeout, output=limits or OutputLimits())
     for session in sessions:
-        results += asyncio.run(run_session(session, built(session.env), KernelSetup(timeout)))
+        results += asyncio.run(run_session(session, built(session.env), setup))
     return results
 
 
@@ -41,9 +42,11 @@ def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
         {"argv": ["/usr/bin/false"], "display_name": "hijack", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
-    [result] = run(built, project, fences("import sys, os\nprint(sys.prefix)\nprint(os.getcwd())"))
+    # Paths printed as they are, not as output records them (portably: `<env>`, `.`).
+    code = "import sys, os\nprint(sys.prefix[::-1])\nprint(os.getcwd()[::-1])"
+    [result] = run(built, project, fences(code))
     assert result.status == "passed", result.error
-    prefix, cwd = result.output.stdout.splitlines()
+    prefix, cwd = (line[::-1] for line in result.output.stdout.splitlines())
     assert Path(prefix).resolve() == built("sklearn").prefix.resolve()
     assert Path(cwd).name.startswith("runner-sklearn-") and not Path(cwd).exists()
 
@@ -111,7 +114,8 @@ def test_timeout_fails_the_snippet_and_stops_the_session(built, project) -> None
                   info=(" runner:timeout=2",))
     slow, after = run(built, project, text)
     assert slow.status == "failed" and slow.error is not None
-    assert (slow.error.type, slow.error.message) == ("TimeoutError", "timed out after 2 s")
+    assert slow.error.type == "TimeoutError"
+    assert slow.error.message == "timed out after 2 s at line 3"
     assert slow.duration_s < 30
     assert after.status == "skipped"
 
@@ -188,3 +192,49 @@ def test_the_private_parts_of_nbclient_and_jupyter_client_we_use_are_still_there
     # override brought up to date (then update this digest).
     source = inspect.getsource(NotebookClient.async_setup_kernel)
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == "189461fd8c55187b"
+
+
+@pytest.mark.kernel
+def test_a_timeout_says_which_statement_was_running(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("import time\nx = 1\ntime.sleep(60)\nprint('never')",
+                  info=(" runner:timeout=2",))
+    [result] = run(built, project, text)
+    assert result.error is not None and result.error.type == "TimeoutError"
+    assert result.error.message == "timed out after 2 s at line 4"  # the fence is line 1
+    assert result.error.post_line == 4
+
+
+@pytest.mark.kernel
+def test_a_crash_says_which_statement_was_running(built, project) -> None:  # type: ignore[no-untyped-def]
+    [result] = run(built, project, fences("import ctypes\n\nctypes.string_at(0)"))
+    assert result.error is not None and result.error.type == "DeadKernelError"
+    assert "SIGSEGV" in result.error.message and result.error.message.endswith("at line 4")
+    assert result.error.post_line == 4
+    [exited] = run(built, project, fences("import os\nos._exit(3)"))
+    assert exited.error is not None and exited.error.post_line == 2  # not known: the first line
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_a_flood_of_displays_is_recorded_whole_every_time(built, project) -> None:  # type: ignore[no-untyped-def]
+    text = fences("from IPython.display import display\nfor i in range(30000):\n    display(i)")
+    first, second = (run(built, project, text)[0] for _ in range(2))
+    assert first.status == second.status == "passed"
+    assert first.output.stdout == second.output.stdout
+    assert first.output.stdout.splitlines() == [str(i) for i in range(30000)]
+
+
+@pytest.mark.kernel
+def test_output_is_bounded_while_it_streams_in(built, project) -> None:  # type: ignore[no-untyped-def]
+    from runner.execute import OutputLimits
+
+    text = fences("print('x' * 50_000)\nfor _ in range(3000):\n    print('y' * 999)\n"
+                  "print('the end')")
+    limits = OutputLimits(max_bytes=100_000, max_line=1000)
+    [result] = run(built, project, text, limits=limits)
+    lines = result.output.stdout.splitlines()
+    assert lines[0] == "x" * 1000 + " ... [49,000 more characters cut by the runner: " \
+        "max-line-chars is 1,000]"
+    assert lines[-1] == ("... [2,950,009 more bytes of output cut by the runner: "
+                         "max-output-bytes is 100,000]")
+    assert len(result.output.stdout) < 110_000 and "the end" not in result.output.stdout

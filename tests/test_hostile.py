@@ -53,9 +53,9 @@ def test_hang_times_out_and_the_rest_is_not_run(hostile) -> None:  # type: ignor
     _, data, stdout = hostile
     hang, after = snippets(data, "hang.md")
     assert hang["status"] == "failed" and hang["error"]["type"] == "TimeoutError"
-    assert hang["error"]["message"] == "timed out after 2 s"
+    assert hang["error"]["message"] == "timed out after 2 s at line 11"  # the statement running
     assert after["status"] == "skipped" and after["reason"].startswith("not run")
-    assert "hang.md:7: TimeoutError: timed out after 2 s" in stdout
+    assert "hang.md:11: TimeoutError: timed out after 2 s at line 11" in stdout
 
 
 @pytest.mark.kernel

@@ -225,6 +225,14 @@ def test_lone_cr_line_endings() -> None:
     ("python runner:timeout=60", Markers(timeout=60.0)),
     ("python runner:timeout=0.5", Markers(timeout=0.5)),
     ('python title="x.py" hl_lines="1 2" runner:env=ml', Markers(env="ml")),
+    # output that varies for good reasons
+    ("python runner:tolerance=1e-6", Markers(tolerance=1e-6)),
+    ("python runner:tolerance=0.001", Markers(tolerance=1e-3)),
+    ("python runner:tolerance=0", Markers(tolerance=0.0)),  # exact, whatever the project says
+    ("python runner:unordered", Markers(unordered=True)),
+    ("python runner:output=none", Markers(record_output=False)),
+    ("python runner:unordered runner:tolerance=1e-3 runner:env=ml",
+     Markers(env="ml", tolerance=1e-3, unordered=True)),
 ])
 def test_parse_markers(info: str, markers: Markers) -> None:
     assert parse_markers("p.md", 7, info) == markers
@@ -243,6 +251,19 @@ ERRORS = {
     "negative timeout": ("text\n\n```python runner:timeout=-5\nx\n```\n", 3),
     "non-number timeout": ("text\n\n```python runner:timeout=soon\nx\n```\n", 3),
     "nan timeout": ("text\n\n```python runner:timeout=nan\nx\n```\n", 3),
+    "tolerance without value": ("text\n\n```python runner:tolerance\nx\n```\n", 3),
+    "tolerance not a number": ("text\n\n```python runner:tolerance=tight\nx\n```\n", 3),
+    "negative tolerance": ("text\n\n```python runner:tolerance=-1e-6\nx\n```\n", 3),
+    "tolerance of 1 or more": ("text\n\n```python runner:tolerance=5\nx\n```\n", 3),
+    "nan tolerance": ("text\n\n```python runner:tolerance=nan\nx\n```\n", 3),
+    "infinite tolerance": ("text\n\n```python runner:tolerance=inf\nx\n```\n", 3),
+    "unordered with a value": ("text\n\n```python runner:unordered=yes\nx\n```\n", 3),
+    "output without value": ("text\n\n```python runner:output\nx\n```\n", 3),
+    "output other than none": ("text\n\n```python runner:output=stderr\nx\n```\n", 3),
+    "bad tolerance in a hidden block": (
+        "text\n\n<!-- runner:hidden\n```python runner:tolerance=big\nx\n```\n-->\n", 4),
+    "bad output after front matter": (
+        "---\ntitle: t\n---\n\n```python runner:output=all\nx\n```\n", 5),
     "unbalanced quote": ('text\n\n```python runner:skip="oops\nx\n```\n', 3),
     "bad marker in a hidden block": (
         "text\n\n<!-- runner:hidden\n```python runner:nope\nx\n```\n-->\n", 4),

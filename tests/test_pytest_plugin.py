@@ -117,7 +117,7 @@ def test_what_update_writes_is_fresh_stamp_and_figures_included(
     result = project.runpytest(*PLUGIN, "--run-posts")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["posts/figure.md: recorded output is stale*",
-                                 "figure posts/figure/snippet-1-figure-1.png: missing or changed"])
+                                 "figure posts/figure/snippet-1-figure-1.png: missing"])
 
 
 def test_a_post_that_cannot_be_planned_is_one_failing_item(project: pytest.Pytester) -> None:
@@ -173,7 +173,8 @@ def test_the_plugin_and_the_cli_give_the_same_result_cached_or_not(
     cold_plugin, cold_cli = reports["cold"]
     assert cold_plugin == cold_cli
     assert cold_plugin["summary"] == {"passed": 3, "failed": 1, "skipped": 3, "stale": 1,
-                                      "cached": 0}
+                                      "cached": 0, "posts": {"passed": 1, "failed": 1,
+                                                             "stale": 1, "error": 0}}
     cached_plugin, cached_cli = reports["cached"]
     assert cached_plugin == cached_cli
     # The cold runs filled the cache: the fresh and stale posts' sessions come from it (a

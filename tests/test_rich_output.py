@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -146,10 +147,13 @@ def test_changed_figure_makes_the_post_stale(rich: Path) -> None:
         figure.write_bytes(png(size=Image.open(io.BytesIO(original)).size, color=(0, 0, 0)))
         changed = figure.read_bytes()
         stale = runner("verify", rich)
-        assert stale.returncode == 1 and f"figure {figure}: missing or changed" in stale.stdout
+        assert stale.returncode == 1
+        assert re.search(rf"figure {re.escape(str(figure))}: [\d.]+ % of pixels differ by more "
+                         "than 16/255\n", stale.stdout), stale.stdout
         assert figure.read_bytes() == changed  # verify writes nothing
         figure.unlink()
-        assert runner("verify", rich).returncode == 1
+        missing = runner("verify", rich)
+        assert missing.returncode == 1 and f"figure {figure}: missing\n" in missing.stdout
     finally:
         figure.write_bytes(original)
 
@@ -198,3 +202,144 @@ def test_bad_normalize_pattern_exits_2(tmp_path: Path) -> None:
         '[tool.runner]\n[[tool.runner.normalize]]\npattern = "(unclosed"\n')
     done = runner("verify", cwd=tmp_path)
     assert done.returncode == 2 and "(unclosed" in done.stderr
+
+
+VARYING = """# Varying output
+
+```python runner:env=sklearn
+loss = 0.12345678  # a CPU or BLAS of another kind: 0.12345679
+print(loss, 2 ** 0.5)
+```
+
+*Verified output:*
+
+```text runner:output
+0.12345679 1.4142136
+```
+
+[//]: # (end of verified output)
+
+```python runner:unordered
+for word in ["b", "a"]:
+    print(word)
+```
+
+*Verified output:*
+
+```text runner:output
+a
+b
+```
+
+[//]: # (end of verified output)
+
+```python runner:output=none
+print("epoch 1: loss", 0.5)
+```
+
+Prose.
+"""
+
+
+@pytest.mark.kernel
+def test_output_within_the_tolerance_leaves_the_post_byte_identical(tmp_path: Path,
+                                                                    project: Config) -> None:
+    """Printed: `0.12345678 1.4142135623730951`; recorded: the first different in its 8th
+    digit (within 1e-6), the second with fewer digits (to which it rounds). With the project's
+    tolerance the post verifies and update writes nothing; unordered lines and a snippet that
+    records nothing change nothing either."""
+    from dataclasses import replace
+
+    from runner.run import Options, run_posts
+
+    config = replace(project, tolerance=1e-6, cache_dir=tmp_path / "cache")
+    post = tmp_path / "varying.md"
+    post.write_bytes(VARYING.encode())
+    verified = run_posts([post], config)
+    assert verified.posts[0].status == "passed", (verified.posts[0].diff, verified.snippets)
+    assert [r.output.stdout for r in verified.snippets] == [
+        "0.12345678 1.4142135623730951\n", "b\na\n", "epoch 1: loss 0.5\n"]
+    updated = run_posts([post], config, Options(mode="update"))
+    assert updated.posts[0].status == "passed" and not updated.posts[0].written
+    assert post.read_bytes() == VARYING.encode()
+    exact = run_posts([post], replace(config, tolerance=0.0))  # the default: every digit
+    assert exact.posts[0].status == "stale" and "+0.12345678 1.4142135623730951" in \
+        exact.posts[0].diff
+
+
+# --- figures: what differs, and determinism ----------------------------------------------------
+
+
+def test_picture_difference_says_what_differs() -> None:
+    from runner.images import difference
+
+    white = png()
+    assert difference(white, png(level=1)) is None and difference(white, png(dots=5)) is None
+    assert difference(white, png(dots=150)) == "12.5 % of pixels differ by more than 16/255"
+    assert difference(white, png(color=(0, 0, 0))) == "100 % of pixels differ by more than 16/255"
+    assert difference(png(size=(640, 480)), png(size=(800, 600))) == "size 640x480 -> 800x600"
+    assert difference(b"not a png", white) == "not a picture"
+
+
+def test_stale_figure_notes_say_what_differs(tmp_path: Path) -> None:
+    from runner.markdown import parse
+    from runner.model import Output, Part
+    from runner.posts import freshen
+    from runner.writeback import RenderOptions
+
+    path = tmp_path / "p.md"
+    post = parse(str(path), "".join(f"```python\nprint({n})\n```\n\n" for n in range(4)))
+    drawn = [png(), png(size=(800, 600)), png(dots=150), png(level=1)]
+    on_disk = [None, png(size=(640, 480)), png(), png()]
+    (tmp_path / "p").mkdir()
+    for number, data in enumerate(on_disk, 1):
+        if data is not None:
+            (tmp_path / "p" / f"snippet-{number}-figure-1.png").write_bytes(data)
+    outputs = {s.line: Output(parts=(Part("image", "<Figure>", png=picture),))
+               for s, picture in zip(post.snippets, drawn, strict=True)}
+    fresh = freshen(path, post, outputs, "", RenderOptions())
+    figure = tmp_path / "p"
+    assert fresh.notes() == (f"figure {figure}/snippet-1-figure-1.png: missing\n"
+                             f"figure {figure}/snippet-2-figure-1.png: size 640x480 -> 800x600\n"
+                             f"figure {figure}/snippet-3-figure-1.png: 12.5 % of pixels differ "
+                             "by more than 16/255\n")
+
+
+FIGURE = ("```python runner:env=sklearn\nimport matplotlib.pyplot as plt\nimport numpy as np\n\n"
+          "plt.imshow({data})\nplt.show()\n```\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("update", [False, True], ids=["verify", "update"])
+def test_check_determinism_with_a_figure(tmp_path: Path, project: Config, update: bool) -> None:
+    # It crashed (StopIteration) on any figure: the two runs' blocks were drawn without links.
+    from runner.run import Options, run_posts
+
+    post = tmp_path / "figure post.md"
+    post.write_text(FIGURE.format(data="np.arange(400).reshape(20, 20)"))
+    options = Options(mode="update" if update else "verify", check_determinism=True)
+    run = run_posts([post], project, options)
+    [snippet] = run.snippets
+    assert snippet.status == "passed", snippet.error
+    figure = tmp_path / "figure post" / "snippet-1-figure-1.png"
+    if update:
+        assert run.exit_code == 0 and figure.is_file()
+        assert "(figure%20post/snippet-1-figure-1.png)" in post.read_text()
+        again = run_posts([post], project, Options(check_determinism=True))
+        assert again.exit_code == 0
+    else:
+        assert run.posts[0].status == "stale" and not figure.exists()
+
+
+@pytest.mark.kernel
+def test_check_determinism_says_which_figure_differs(tmp_path: Path, project: Config) -> None:
+    from runner.run import Options, run_posts
+
+    post = tmp_path / "noise.md"
+    post.write_text(FIGURE.format(data="np.random.rand(20, 20)"))
+    run = run_posts([post], project, Options(check_determinism=True))
+    [snippet] = run.snippets
+    assert snippet.status == "failed" and snippet.error is not None
+    assert snippet.error.type == "Nondeterministic"
+    assert re.fullmatch(r"output differs between two runs: figure 1: [\d.]+ % of pixels differ "
+                        r"by more than 16/255", snippet.error.message), snippet.error.message

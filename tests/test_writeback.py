@@ -19,7 +19,7 @@ from markdown_it.token import Token
 
 from runner.errors import PostError
 from runner.markdown import OUTPUT_END as END
-from runner.markdown import parse, split_lines
+from runner.markdown import OUTPUT_LABEL, parse, split_lines
 from runner.model import Output, Post, Region
 from runner.writeback import normalize, output_block, render
 
@@ -440,3 +440,154 @@ def test_a_post_with_nothing_run_gets_no_stamp() -> None:
 
     text = "---\ntitle: prose only\n---\n\nNo code.\n"
     assert stamp_value([], {}) == "" and stamp(text, "") == text
+
+
+# --- output that stays in its block ----------------------------------------------------------
+
+MD = MarkdownIt("commonmark").enable("table")  # as parse sees a post: GFM tables on
+
+
+def _html_tokens(text: str) -> list[tuple[str, str]]:
+    """Every raw HTML token markdown-it finds in `text`, blocks and inline."""
+    tokens = MD.parse(text)
+    every = [*tokens, *(child for t in tokens for child in t.children or [])]
+    return [(t.type, t.content) for t in every if t.type in ("html_block", "html_inline")]
+
+
+def test_normalize_shows_what_a_terminal_shows_and_escapes_other_controls() -> None:
+    assert normalize("10%\r50%\r100%\n") == "100%"  # a progress bar: its last state
+    assert normalize("abcd\rX") == "Xbcd"  # overwritten from the start, the rest stays
+    assert normalize("done\r\n") == "done"
+    assert normalize("\x1b]8;;https://x.org\x07link\x1b]8;;\x1b\\ \x1b]0;title\x07") == "link"
+    assert normalize("\x1b(Bplain\x1b7\x1b[2K") == "plain"
+    assert normalize("a\x00b\x07c\x08e\x0cf\x7fg\x1b") == "a\\x00b\\x07c\\x08e\\x0cf\\x7fg\\x1b"
+    assert normalize("\x1bd \x1b]0;no end") == " 0;no end"  # ESC d: an escape; a cut OSC
+    assert normalize("c1\x85 and\u2028sep") == "c1\\x85 and\\u2028sep"
+    assert normalize("tab\tkept") == "tab\tkept"
+
+
+def test_carriage_return_in_a_list_item_stays_in_its_block() -> None:
+    # A lone \r was a line break to markdown-it: the fence ended, the <script> became raw HTML,
+    # and the block was not found again, so each update added another copy.
+    text = "- item\n\n  ```python\n  print(1)\n  ```\n\nafter\n"
+    post = parse("p.md", text)
+    output = {post.snippets[0].line: Output("a\r<script>alert(1)</script>\n")}
+    once = render(post, output)
+    assert "\r" not in once and _html_tokens(once) == []
+    again = parse("p.md", once)
+    assert again.snippets[0].output is not None
+    assert render(again, output) == once
+
+
+def test_table_cells_are_text_not_html() -> None:
+    from runner.writeback import markdown_table
+
+    html = ("<table><thead><tr><th>&lt;b&gt;</th><th>a|b</th></tr></thead><tbody><tr>"
+            "<td>&lt;script&gt;alert(2)&lt;/script&gt;</td><td>&amp;lt; `x` \\| \\* ![](y)</td>"
+            "</tr></tbody></table>")
+    table = markdown_table(html)
+    assert table[2] == ("| &lt;script&gt;alert(2)&lt;/script&gt; | "
+                        "&amp;lt; \\`x\\` \\\\\\| \\\\* !\\[](y) |")
+    assert _html_tokens("\n".join(table)) == []
+    cells = [t.content for t in MD.parse("\n".join(table)) if t.type == "inline"]
+    shown = [MD.renderInline(cell) for cell in cells]  # what a reader sees, HTML-escaped
+    assert shown == ["&lt;b&gt;", "a|b", "&lt;script&gt;alert(2)&lt;/script&gt;",
+                     "&amp;lt; `x` \\| \\* ![](y)"]
+
+
+@pytest.mark.parametrize(("name", "destination"), [
+    ("posts/my post.md", "my%20post/snippet-1-figure-1.png"),
+    ("posts/a (draft).md", "a%20%28draft%29/snippet-1-figure-1.png"),
+    ("posts/100% #1?.md", "100%25%20%231%3F/snippet-1-figure-1.png"),
+    ("posts/café.md", "café/snippet-1-figure-1.png"),
+])
+def test_figure_links_are_valid_link_destinations(name: str, destination: str) -> None:
+    from runner.model import Part
+    from runner.writeback import figures
+
+    post = parse(name, "```python\nx\n```\n")
+    output = {1: Output(parts=(Part("image", "<Figure <b>]\n[x>", png=b"png"),))}
+    once = render(post, output)
+    assert f"![Figure b x]({destination})" in once
+    [image] = [c for t in MD.parse(once) for c in t.children or [] if c.type == "image"]
+    assert image.attrGet("src") == MD.normalizeLink(destination)
+    assert list(figures(post, output)) == [f"{name[6:-3]}/snippet-1-figure-1.png"]  # the file
+    again = parse(name, once)
+    assert again.snippets[0].output is not None and render(again, output) == once
+
+
+# Every container a snippet can sit in; "After." must stay a paragraph of its own.
+CONTAINERS = {
+    "top level": "Intro.\n\n```python\nprint(1)\n```\n\nAfter.\n",
+    "list item": "- Intro.\n\n  ```python\n  print(1)\n  ```\n\n  After.\n\n- Next.\n",
+    "block quote": "> Intro.\n>\n> ```python\n> print(1)\n> ```\n>\n> After.\n",
+    "nested list": "- Outer.\n\n  1. Inner.\n\n     ```python\n     print(1)\n     ```\n\n"
+                   "     After.\n",
+    "quote in list": "- Intro.\n\n  > ```python\n  > print(1)\n  > ```\n  >\n  > After.\n",
+    "list in quote": "> - Intro.\n>\n>   ```python\n>   print(1)\n>   ```\n>\n>   After.\n",
+    "hidden": "<!-- runner:hidden\n```python\nprint(1)\n```\n-->\n\nAfter.\n",
+}
+HOSTILE = st.sampled_from([
+    "\r", "\r\n", "\n", "\t", "\x00", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x1b[31m",
+    "\x1b]0;title\x07", "\x1b]8;;u\x1b\\", "\x7f", "\x85", "\u2028", "\u2029", "```", "````",
+    "~~~", "-->", "<!--", "<script>alert(1)</script>", "<b>", "&lt;", "&amp;", "|", "\\", "`",
+    "> ", "- ", "    ", "#", "---", "![x](y)", "[x]: y", OUTPUT_LABEL, END,
+])
+hostile_text = st.lists(st.one_of(st.text(max_size=12), HOSTILE), max_size=8).map("".join)
+
+
+@st.composite
+def hostile_outputs(draw: st.DrawFn) -> Output:
+    """Text, DataFrame tables and figures in any order, and stderr, all of hostile text."""
+    from html import escape
+
+    from runner.model import Part
+
+    def table() -> Part:
+        columns = draw(st.integers(1, 3))
+        rows = [[escape(draw(hostile_text)) for _ in range(columns)] for _ in range(2)]
+        head, body = (f"<tr>{''.join(f'<th>{c}</th>' for c in row)}</tr>" for row in rows)
+        return Part("table", "df", html=f"<table><thead>{head}</thead><tbody>{body}</tbody>"
+                                        "</table>")
+
+    kinds = draw(st.lists(st.sampled_from(["text", "table", "image"]), max_size=3))
+    parts = [table() if kind == "table" else Part(kind, draw(hostile_text), png=b"png")
+             for kind in kinds]
+    return Output(parts=tuple(parts), stderr=draw(hostile_text))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(container=st.sampled_from(list(CONTAINERS)), first=hostile_outputs(),
+       second=hostile_outputs(), stdout=hostile_text,
+       name=st.sampled_from(["p.md", "my post.md", "a (b).mdx", "x#y?%.md"]))
+def test_any_output_stays_in_its_block_in_any_container(container: str, first: Output,
+                                                        second: Output, stdout: str,
+                                                        name: str) -> None:
+    from runner.writeback import RenderOptions, _parts, figure_links, link_destination
+
+    text = CONTAINERS[container]
+    post = parse(name, text)
+    line = post.snippets[0].line
+    for output in (first, second, Output(stdout)):
+        updated = render(post, {line: output})
+        # (a) no HTML from the output: only what the post had, and every part where written
+        assert _html_tokens(updated) == _html_tokens(text)
+        assert "<script" not in MD.render(updated)
+        tokens = MD.parse(updated)
+        assert "After." in [t.content for t in tokens if t.type == "inline"]
+        links = figure_links(name, 1, output)
+        parts = [p for p in _parts(output, RenderOptions(), links) if p]
+        fences = [t for t in tokens if t.type == "fence" and "runner:" in t.info]
+        assert len(fences) == sum(p[0].startswith("```") for p in parts)
+        tables = [t for t in tokens if t.type == "table_open"]
+        assert len(tables) == sum(p[0].startswith("|") for p in parts)
+        sources = [c.attrGet("src") for t in tokens for c in t.children or []
+                   if c.type == "image"]
+        assert sources == [MD.normalizeLink(link_destination(link)) for link in links]
+        assert not [c for t in tokens for c in t.children or [] if c.type == "link_open"]
+        # (b) the block is found again, and updating again is a fixed point
+        again = parse(name, updated)
+        assert (again.snippets[0].output is not None) == bool(parts)
+        assert render(again, {line: output}) == updated
+        # ... also when it replaces another block
+        assert render(again, {line: second}) == render(post, {line: second})
