@@ -646,4 +646,4 @@ async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
     lines = [int(cell.metadata["runner"]["line"]) for cell in notebook.cells]
     return Places(session.post, tuple(zip(names, lines, strict=False)), str(scratch), prefix,
                   ast.literal_eval(found["python"]), ast.literal_eval(found["home"]),
-                  ast.literal_eval(found["tmp"]))
+                  ast.literal_eval(found["tmp"]), os.path.expanduser("~"))

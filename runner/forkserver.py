@@ -69,8 +69,8 @@ def serve(path: str, modules: list[str]) -> None:
             _preload(pending.pop(0))
         for pid, connection in waiting.items():
             if connection in readable:  # the launcher is gone (it sends nothing after its
-                with contextlib.suppress(ProcessLookupError):  # request): so is its kernel
-                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # request): so is its kernel,
+                    os.killpg(pid, signal.SIGKILL)  # and all it started (its own session)
         for pid in list(waiting):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:

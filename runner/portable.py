@@ -38,6 +38,7 @@ class Places:
     python: str = ""  # the base Python's prefix
     home: str = ""
     tmp: str = ""
+    user_home: str = ""  # the runner's own HOME (it may show in variables a kernel sees)
 
 
 def portable(text: str, places: Places) -> str:
@@ -82,6 +83,7 @@ def _replacements(places: Places) -> list[tuple[str, str]]:
                   for v in ("3", *(f"3.{n}" for n in range(8, 20)))]
         pairs.append((places.env, "<env>"))
     pairs += [(places.python, "<python>"), (places.scratch + "/", "./"),
-              (places.scratch, "."), (places.home, "~"), (places.tmp, "<tmp>")]
+              (places.scratch, "."), (places.home, "~"), (places.user_home, "~"),
+              (places.tmp, "<tmp>")]
     return sorted(((path, shown) for path, shown in pairs if len(path.strip("/")) > 1),
                   key=lambda pair: -len(pair[0]))

@@ -71,7 +71,7 @@ def test_attacks_from_a_snippet_fail_and_change_nothing(
     assert "DONE" not in seen, seen
     for attack in ("pth", "sitecustomize", "edit sklearn", "remove sklearn"):
         assert f"{attack}: refused (OSError, errno 30)" in seen  # read-only file system
-    assert "uv: None" in seen and "pip module: True" in seen
+    assert "pip module: True" in seen  # the env has no pip; the host's say why not:
     assert "install: 0" not in seen and "install: 1 False" not in seen
     assert "pids seen: True my pid: 2" in seen
     assert "secret in any environ: []" in seen and "runner visible: False" in seen
