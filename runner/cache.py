@@ -41,6 +41,7 @@ def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = ""
         "format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
         "timeout": timeout, "kernel_env": env.kernel_env, "network": session.network,
         "overrides": session.overrides, "limits": [env.memory_mb, env.processes],
+        "keep_going": session.keep_going,
         "snippets": [[s.code, s.hidden, asdict(s.markers)] for s in session.snippets],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from runner import __version__
 from runner.errors import RunnerError, UsageError
@@ -21,12 +21,16 @@ from runner.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 if TYPE_CHECKING:  # imported where used: `--version` and `--help` import little
     from runner.config import Config
     from runner.model import EnvSpec
+    from runner.run import Options
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already said in one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         command: Command = args.command_function
         return command(args)
@@ -58,15 +62,11 @@ def _fail(error: object, code: int) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """verify / update: the run, then what people and CI read."""
-    from runner import parameters, report
+    from runner import report
     from runner.progress import RunProgress
-    from runner.run import Options, run_posts
+    from runner.run import run_posts
 
-    options = Options(
-        mode=args.command, jobs=args.jobs, timeout=args.timeout, cache=not args.no_cache,
-        warm=not args.no_warm, deadline=args.deadline, shard=args.shard,
-        params=tuple(parameters.parse_overrides(args.param).items()),
-        check_determinism=args.check_determinism, require_sandbox=args.require_sandbox)
+    options = _options(args, args.command)
     progress = RunProgress()
     try:
         run = run_posts(args.paths, _config(), options, progress.post_done)
@@ -86,6 +86,45 @@ def _run(args: argparse.Namespace) -> int:
     return run.exit_code
 
 
+def _watch(args: argparse.Namespace) -> int:
+    """watch: run the posts, then each again when saved; Ctrl-C while waiting ends it (0)."""
+    from runner import report
+    from runner.watch import watch
+
+    if args.shard:
+        raise UsageError("watch runs each post that is saved: --shard does not apply")
+    options = _options(args, "update" if args.update else "verify")
+
+    def show(run: report.Run) -> None:
+        _out(report.terminal(run))
+        sys.stdout.flush()
+        if args.report:
+            report.write_json(run, Path(args.report))
+        if args.junit_xml:
+            report.write_junit(run, Path(args.junit_xml))
+
+    print("runner: watching; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        watch(args.paths, _config(), options, show)
+    except KeyboardInterrupt:
+        print("runner: stopped watching", file=sys.stderr)
+    return EXIT_OK
+
+
+def _options(args: argparse.Namespace, mode: str) -> Options:
+    """The run options the flags of `verify`, `update` and `watch` set."""
+    from runner import parameters
+    from runner.run import Options
+
+    return Options(
+        mode="update" if mode == "update" else "verify", jobs=args.jobs, timeout=args.timeout,
+        cache=not args.no_cache, warm=not args.no_warm, deadline=args.deadline,
+        shard=getattr(args, "shard", None),
+        params=tuple(parameters.parse_overrides(args.param).items()),
+        check_determinism=args.check_determinism, require_sandbox=args.require_sandbox,
+        keep_going=args.keep_going)
+
+
 def _notebooks(args: argparse.Namespace) -> int:
     from runner.notebooks import write_for_posts
     from runner.posts import relative
@@ -96,9 +135,12 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from runner.sync import sync_notebooks
+    from runner.sync import NOTHING_TO_SYNC, sync_notebooks
 
-    return _each(sync_notebooks(args.notebooks), "{}: code synced from the notebook")
+    done = sync_notebooks(args.notebooks)
+    if not done:
+        print(NOTHING_TO_SYNC)
+    return _each(done, "{}: code synced from the notebook")
 
 
 def _kernels(args: argparse.Namespace) -> int:
@@ -124,8 +166,10 @@ def _envs(args: argparse.Namespace) -> int:
     specs = _specs(_config(), args.names)
     if args.action == "lock":
         for spec in specs:
-            envs.compile_lock(spec.folder, upgrade=args.upgrade)
-            print(f"{spec.name}: {spec.lock}")
+            changed = envs.compile_lock(spec.folder, upgrade=args.upgrade)
+            print(f"{spec.name}: {spec.lock} " + ("updated: a new lock hash, the env is built "
+                  "again and posts stamped with the old one are stale" if changed else
+                  "unchanged"))
         return EXIT_OK
     status = EXIT_OK
     for spec in specs:
@@ -170,13 +214,53 @@ def _specs(config: Config, names: list[str]) -> list[EnvSpec]:
 # --- arguments ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where help is: no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    message = message.removeprefix("argument ")  # `--jobs: ...`, not `argument --jobs: ...`
+    print(f"runner: {message} ({prog} --help)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; an option the command does not know is named with that command's help."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _usage_error(f"{parser.prog} {args.command}",
+                     f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _prog() -> str:
+    """The name the user typed: the console script's, else `python -m runner`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name == "blog-runner" else "python -m runner"
+
+
+_ABOUT = ("Run the Python snippets of Markdown posts in real Jupyter kernels, in pinned "
+          "environments, and keep the output the posts record true.")
+_EXIT_CODES = ("exit codes: 0 all passed and nothing stale; 1 a snippet failed, a post could not "
+               "be read, or a post is stale; 2 the command or the configuration is wrong")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
+    parser = _Parser(prog=_prog(), description=_ABOUT, epilog=_EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("verify", "run the posts and compare with their recorded output"),
                        ("update", "run the posts and write the verified output into them")):
         _run_options(commands.add_parser(name, help=text, description=text))
+    text = "run the posts, then each again when it is saved (writes nothing unless --update)"
+    watching = commands.add_parser("watch", help=text, description=text)
+    _run_options(watching)
+    watching.set_defaults(command_function=_watch)
+    watching.add_argument("--update", action="store_true", help="write the verified output")
     books = _command(commands, "notebooks", _notebooks, "write notebooks for authors")
     books.add_argument("paths", nargs="*", metavar="PATH")
     books.add_argument("--out", metavar="DIR", help="folder for the notebooks (default snippets/)")
@@ -185,14 +269,15 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("notebooks", nargs="+", metavar="NOTEBOOK",
                       help="snippets/*.ipynb, or their py:percent twins")
     merge = _command(commands, "report", _report_merge, "merge the JSON reports of shards")
-    merge.add_argument("action", choices=("merge",))
+    merge.add_argument("action", choices=("merge",), metavar="merge")
     merge.add_argument("reports", nargs="+", metavar="REPORT")
     merge.add_argument("--out", required=True, metavar="FILE")
     kernels = _command(commands, "kernels", _kernels, "register the envs as Jupyter kernels")
-    kernels.add_argument("action", choices=("install",))
+    kernels.add_argument("action", choices=("install",), metavar="install")
     kernels.add_argument("names", nargs="*", metavar="NAME")
     env = _command(commands, "envs", _envs, "list, build or lock the pinned environments")
-    env.add_argument("action", nargs="?", choices=("list", "build", "lock"), default="list")
+    env.add_argument("action", nargs="?", choices=("list", "build", "lock"), default="list",
+                     metavar="list|build|lock")
     env.add_argument("names", nargs="*", metavar="NAME")
     env.add_argument("--upgrade", action="store_true", help="lock: take the newest releases")
     return parser
@@ -208,9 +293,9 @@ def _command(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(command_function=_run)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="post files or folders (posts/)")
-    parser.add_argument("--jobs", type=_positive(int), default=os.cpu_count() or 1,
+    parser.add_argument("--jobs", type=_positive(int), default=os.cpu_count() or 1, metavar="N",
                         help="sessions run at once (default: the number of cores)")
-    parser.add_argument("--timeout", type=_positive(float), default=None,
+    parser.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
                         help="seconds per snippet (default: [tool.runner] timeout, else 300)")
     parser.add_argument("--no-cache", action="store_true",
                         help="run every session; do not read the execution cache")
@@ -230,16 +315,24 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--require-sandbox", action="store_true",
                         help="exit 2 where kernels cannot be sandboxed (bubblewrap), instead "
                              "of running them with limits only")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="a failing snippet does not stop the rest of its post: every "
+                             "failure is reported at its line")
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """A type for argparse whose error says what is wanted and what was given."""
+    wanted = "a whole number of 1 or more" if kind is int else "a number of seconds more than 0"
+
     def parse(text: str) -> float:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
         if not value > 0:
-            raise argparse.ArgumentTypeError("must be more than 0")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in its error
     return parse
 
 
@@ -248,7 +341,7 @@ def _shard_arg(text: str) -> tuple[int, int]:
     try:
         shard = int(k), int(n)
     except ValueError:
-        raise argparse.ArgumentTypeError("must look like 2/4") from None
+        raise argparse.ArgumentTypeError(f"must look like 2/4, not {text!r}") from None
     if not 1 <= shard[0] <= shard[1]:
-        raise argparse.ArgumentTypeError("K/N needs 1 <= K <= N")
+        raise argparse.ArgumentTypeError(f"K/N needs 1 <= K <= N, not {text!r}")
     return shard

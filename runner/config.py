@@ -21,7 +21,7 @@ DEFAULT_PROCESSES = 256  # per kernel: its whole process tree
 DEFAULT_MAX_BYTES = 1 << 20  # max-output-bytes: text output past it is cut as it streams in
 DEFAULT_MAX_LINE_CHARS = 10_000  # max-line-chars: a longer line is cut, with a note
 DEFAULT_MAX_LINES = 200  # max-output-lines: longer text output is cut, with a marker line
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Pat
         name=folder.name,
         folder=folder,
         lock_hash=digest,
-        distributions=frozenset(normalize_dist(m) for m in _PIN.findall(data.decode())),
+        distributions=frozenset(normalize_dist(m) for m, _ in _PIN.findall(data.decode())),
+        pins=tuple(sorted((normalize_dist(m), v) for m, v in _PIN.findall(data.decode()))),
         kernel_env=tuple(sorted(kernel_env.items())),
         preload=_preload(settings, folder.name, pyproject),
         memory_mb=_limit(settings, table, "memory-limit-mb", DEFAULT_MEMORY_MB, pyproject),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -194,12 +195,54 @@ def install_kernelspecs(specs: list[EnvSpec]) -> list[tuple[str, str]]:
     return installed
 
 
-def compile_lock(spec_folder: Path, upgrade: bool = False) -> None:
-    """requirements.in -> requirements.lock with exact versions and hashes (uv pip compile)."""
+LOCK_PLATFORM = "x86_64-unknown-linux-gnu"  # what the project's locks target: CI's machines
+_LOCK_COMMAND = "#    uv pip compile "  # the line of a lock's header that says how it was made
+
+
+def compile_lock(spec_folder: Path, upgrade: bool = False) -> bool:
+    """requirements.in -> requirements.lock with exact versions and hashes (uv pip compile);
+    whether the lock's bytes changed.
+
+    A lock is made again with the options its header says it was made with (target Python and
+    platform among them), and uv prefers the pins already in it: with an unchanged
+    requirements.in the lock stays byte for byte, so its hash, its built env and the posts'
+    `verified_by` stamps stay too. Only `upgrade`, or a changed requirements.in, moves pins."""
+    lock = spec_folder / "requirements.lock"
+    before = _contents(lock)
+    args = lock_options(before) or _new_lock_options()
+    _run([_uv_bin(), "pip", "compile", *args, "--quiet", *(["--upgrade"] if upgrade else [])],
+         spec_folder.name, spec_folder)
+    return _contents(lock) != before
+
+
+def _contents(lock: Path) -> bytes:
+    return lock.read_bytes() if lock.is_file() else b""
+
+
+def lock_options(lock_text: bytes) -> list[str] | None:
+    """The `uv pip compile` arguments a lock's header records (`requirements.in ... -o
+    requirements.lock`), in their order, so the header comes out the same; None without one."""
+    for line in lock_text.decode("utf-8", "replace").splitlines()[:5]:
+        if line.startswith(_LOCK_COMMAND):
+            try:
+                args = shlex.split(line.removeprefix(_LOCK_COMMAND))
+            except ValueError:
+                return None
+            return args if "requirements.in" in args and _writes_lock(args) else None
+    return None
+
+
+def _writes_lock(args: list[str]) -> bool:
+    """The arguments write requirements.lock (and not some other file)."""
+    return any((flag in ("-o", "--output-file") and value == "requirements.lock")
+               or flag in ("-orequirements.lock", "--output-file=requirements.lock")
+               for flag, value in zip(args, [*args[1:], ""], strict=True))
+
+
+def _new_lock_options() -> list[str]:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    args = ["pip", "compile", "requirements.in", "--quiet", "--generate-hashes",
-            "--python-version", python, "-o", "requirements.lock"]
-    _run([_uv_bin(), *args, *(["--upgrade"] if upgrade else [])], spec_folder.name, spec_folder)
+    return ["requirements.in", "--generate-hashes", "--python-version", python,
+            "--python-platform", LOCK_PLATFORM, "-o", "requirements.lock"]
 
 
 def write_kernelspec(folder: Path, argv: list[str], display_name: str,

@@ -56,6 +56,7 @@ _TRACE = (
 )
 
 
+NOTE_ROOM = 200  # bytes beyond the budget for the kernel's note of what it cut
 INTERRUPT_GRACE = 5.0  # seconds an interrupted snippet has to stop before its kernel is killed
 IOPUB_TIMEOUT = 60  # seconds output may keep arriving after a snippet's reply
 
@@ -96,12 +97,12 @@ def _as_node(output: dict[str, Any]) -> NotebookNode:
 def _within(budget: _Budget, text: str) -> str:
     """`text`, or as much of it as the budget still has room for (the rest counted as cut)."""
     size = len(text.encode("utf-8", "surrogateescape"))
-    room = budget.limits.max_bytes - budget.used
+    room = budget.limits.max_bytes + budget.room - budget.used
     if size <= room:
         budget.used += size
         return text
     kept = text.encode("utf-8", "surrogateescape")[:max(room, 0)].decode("utf-8", "ignore")
-    budget.used = budget.limits.max_bytes
+    budget.used = budget.limits.max_bytes + budget.room
     budget.cut += size - len(kept.encode("utf-8", "surrogateescape"))
     return kept
 
@@ -171,7 +172,8 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         variables = _variables(session, env, setup, folder)
         async with client.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
-            places = await _start(client, session, env, notebook, scratch, sockets / "crash")
+            places = await _start(client, session, env, notebook, scratch, sockets / "crash",
+                                  setup.output)
             live = _Live(client, session, places, sockets / "crash", setup.timeout, deadline)
             await _run_cells(live, notebook, results)
     except Exception as exc:  # the kernel would not start, or died between cells
@@ -264,12 +266,17 @@ async def _run_cells(live: _Live, notebook: NotebookNode, results: list[SnippetR
         if stopped is not None:
             results.append(SnippetResult.not_run(snippet, session.env, stopped.snippet.line))
             continue
+        planned = next((f for f in session.failures if f[0] == snippet.line), None)
         try:
-            result = await _run_cell(live, snippet, cell, index)
-        except _Stop as stop:
-            result = stop.result
+            result = (SnippetResult.failed(snippet, session.env, planned[1], planned[2],
+                                           planned[3]) if planned
+                      else await _run_cell(live, snippet, cell, index))
+        except _Stop as stop:  # the kernel is gone or stuck: nothing more can run
+            results.append(stop.result)
+            stopped = stop.result
+            continue
         results.append(result)
-        if result.status == "failed":
+        if result.status == "failed" and not session.keep_going:
             stopped = result
 
 
@@ -281,7 +288,7 @@ async def _run_cell(live: _Live, snippet: Snippet, cell: NotebookNode,
     if deadline is not None and bound:
         limit = max(deadline.at - started, 0.001)
     cell.metadata["runner"]["timeout"] = limit
-    live.client.budget = _Budget(live.client.output_limits)
+    live.client.budget = _Budget(live.client.output_limits, room=NOTE_ROOM)
     try:
         await live.client.async_execute_cell(cell, index)
     except CellTimeoutError as exc:
@@ -445,6 +452,7 @@ class _Budget:
     """What one cell's output has used of its limits, counted as it streams in."""
 
     limits: OutputLimits
+    room: int = 0  # bytes past the limit still taken (the kernel's own note of what it cut)
     used: int = 0
     cut: int = 0  # text bytes dropped
     images: int = 0
@@ -616,8 +624,52 @@ def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
     return variables
 
 
+# %pip and its kind, wherever they are (an install line at the start of a line is made `pass`
+# by the planner, which checks it against the env's lock): an error that says why.
+_NO_INSTALL_MAGICS = """
+def _refuse(line):
+    raise RuntimeError("installing is not done at run time: the env is pinned; add the "
+                       "package to envs/ENV/requirements.in and lock it")
+for _name in ("pip", "conda", "mamba", "micromamba", "uv"):
+    get_ipython().register_magic_function(_refuse, "line", _name)
+"""
+
+
+# The budget applied where output is made, too: past it, print and its kind write nothing
+# (fast, and nothing to carry), and each cell ends with the same note the runner writes. The
+# runner's own budget (a little larger, for the note) stays for output made otherwise.
+_KERNEL_BUDGET = """
+import sys
+state = [LIMIT, 0]
+def cap(stream):
+    write = stream.write
+    def capped(text):
+        size = len(text.encode("utf-8", "surrogateescape"))
+        if size <= state[0]:
+            state[0] -= size
+            return write(text)
+        kept = text.encode("utf-8", "surrogateescape")[:max(state[0], 0)].decode("utf-8",
+                                                                                "ignore")
+        state[0], state[1] = 0, state[1] + size - len(kept.encode("utf-8", "surrogateescape"))
+        if kept:
+            write(kept)
+        return len(text)
+    stream.write = capped
+    return write
+out = cap(sys.stdout)
+cap(sys.stderr)
+def note(*args):
+    if state[1]:
+        out(f"\\n... [{state[1]:,} more bytes of output cut by the runner: "
+            f"max-output-bytes is {LIMIT:,}]\\n")
+    state[0], state[1] = LIMIT, 0
+get_ipython().events.register("post_run_cell", note)
+"""
+
+
 async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
-                 notebook: NotebookNode, scratch: Path, crashes: Path) -> Places:
+                 notebook: NotebookNode, scratch: Path, crashes: Path,
+                 limits: OutputLimits) -> Places:
     """One request before the first cell: the kernel must run in the env (no other `python3`
     kernelspec may stand in for it); a crash must leave a traceback (faulthandler); and the
     places its output may name, to be made portable (each cell's compiled file name among
@@ -632,6 +684,9 @@ async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
         # the kernel's fd 2 is ipykernel's pipe to iopub, which a crash never empties
         "faults": f"__import__('faulthandler').enable(open({str(crashes)!r}, 'w'))",
         "cells": f"[get_ipython().compile.get_code_name(s, s, 0) for s in {sources!r}]",
+        "installers": f"exec({_NO_INSTALL_MAGICS!r}, {{'get_ipython': get_ipython}})",
+        "budget": f"exec({_KERNEL_BUDGET!r}, {{'get_ipython': get_ipython, "
+                  f"'LIMIT': {limits.max_bytes}}})",
     }
     msg_id = client.kc.execute("", silent=True, store_history=False,
                                user_expressions=expressions)

@@ -76,9 +76,9 @@ def parse(path: str, text: str) -> Post:
     tokens = _MD.parse("".join(source))
     parts = _output_parts(tokens)
     snippets = [_snippet(path, lines, found, parts) for found in _fences(path, lines, tokens)]
-    default_env, network = _settings(path, front_matter)
+    default_env, network, keep_going = _settings(path, front_matter)
     return Post(path=path, text=text, snippets=tuple(snippets), front_matter=front_matter,
-                default_env=default_env, network=network)
+                default_env=default_env, network=network, keep_going=keep_going)
 
 
 @dataclass(frozen=True)
@@ -300,20 +300,23 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     return data, end + 1
 
 
-def _settings(path: str, front_matter: dict[str, object]) -> tuple[str | None, bool]:
-    """The post's `runner:` front matter: its default env, and whether its snippets may use
-    the network (`network: true`; off by default)."""
+def _settings(path: str, front_matter: dict[str, object]) -> tuple[str | None, bool, bool]:
+    """The post's `runner:` front matter: its default env, whether its snippets may use the
+    network (`network: true`; off by default), and whether a failing snippet stops the rest
+    (`keep-going: true`, Quarto's `error: true`; off by default)."""
     settings = front_matter.get("runner")
     if settings is None:
-        return None, False
-    if not isinstance(settings, dict) or set(settings) - {"env", "network"}:
+        return None, False, False
+    if not isinstance(settings, dict) or set(settings) - {"env", "network", "keep-going"}:
         raise PostError("front matter 'runner' must be a mapping like "
-                        "{env: NAME, network: true}", path, 1)
+                        "{env: NAME, network: true, keep-going: true}", path, 1)
     env, network = settings.get("env"), settings.get("network", False)
-    if (env is not None and not isinstance(env, str)) or not isinstance(network, bool):
-        raise PostError("front matter 'runner': env is a name, network is true or false",
-                        path, 1)
-    return env, network
+    keep_going = settings.get("keep-going", False)
+    if ((env is not None and not isinstance(env, str)) or not isinstance(network, bool)
+            or not isinstance(keep_going, bool)):
+        raise PostError("front matter 'runner': env is a name, network and keep-going are "
+                        "true or false", path, 1)
+    return env, network, keep_going
 
 
 def _check_closed(path: str, lines: list[str], token: Token, offset: int) -> None:

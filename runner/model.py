@@ -82,6 +82,7 @@ class Post:
     front_matter: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     default_env: str | None = None
     network: bool = False  # the post's snippets may reach the network (front matter opt-in)
+    keep_going: bool = False  # a failing snippet does not stop its session (front matter)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class EnvSpec:
     preload: tuple[str, ...] = ()  # modules its warm kernels import once per run
     memory_mb: int = 0  # per-kernel limits (0: none)
     processes: int = 0
+    pins: tuple[tuple[str, str], ...] = ()  # (normalized distribution, version) from the lock
 
     @property
     def lock(self) -> Path:
@@ -111,6 +113,11 @@ class Session:
     snippets: tuple[Snippet, ...]
     network: bool = False
     overrides: tuple[tuple[str, str], ...] = ()  # parameter values given for this run
+    keep_going: bool = False  # a failing snippet does not stop the session (--keep-going)
+    # Snippets the planner already knows will fail (an import no env provides, an install line
+    # the env's lock does not satisfy): (fence line, error type, message, post line).
+    failures: tuple[tuple[int, str, str, int], ...] = ()
+    split: str = ""  # why the post's snippets run in more than one env ("" when they do not)
 
 
 @dataclass(frozen=True)

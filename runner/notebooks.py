@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from pathlib import Path
+import html
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 import jupytext
 import nbformat
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from runner import posts
-from runner.config import Config
+from runner.config import Config, find_root
 from runner.envs import kernel_name
-from runner.errors import PostError, RunnerError
-from runner.markdown import body_start, parse, recorded_output, split_lines
+from runner.errors import PostError, RunnerError, UsageError
+from runner.markdown import OUTPUT_MARKERS, body_start, parse, split_lines
 from runner.model import Post, Session, Snippet
 from runner.parameters import injected
-from runner.plan import plan
+from runner.plan import neutralized, plan
+from runner.writeback import figure_folder
 
 
 def session_notebook(session: Session) -> NotebookNode:
@@ -27,16 +35,20 @@ def session_notebook(session: Session) -> NotebookNode:
     return new_notebook(cells=cells, metadata=_metadata(session))
 
 
-def author_notebook(post: Post, session: Session) -> NotebookNode:
+def author_notebook(post: Post, session: Session, figures: Mapping[str, bytes] | None = None,
+                    name: str | None = None) -> NotebookNode:
     """What an author opens: the post's prose as Markdown cells, this env's snippets as code
-    cells with their last verified output, the other envs' snippets shown as code. Each code
-    cell remembers which snippet it is and the code it was made from, so `runner sync` can
-    bring an edit back into exactly that fence, and refuse when the post changed too."""
+    cells with their last verified output (text, tables, figures: `recorded_outputs`), the
+    other envs' snippets shown as code. Each code cell remembers which snippet of which post
+    (`name`: the post's path from the project root, default `post.path`) it is and the code it
+    was made from, so `runner sync` can bring an edit back into exactly that fence, and refuse
+    when the post changed too. Pure: `figures` are the PNGs the post links (`linked_figures`)."""
+    name = name or post.path
     lines = split_lines(post.text)
     cursor = body_start(lines)
     ours = {s.line for s in session.snippets}
     cells = [new_markdown_cell(
-        f"*Made by the runner from `{post.path}` for the pinned environment `{session.env}`. "
+        f"*Made by the runner from `{name}` for the pinned environment `{session.env}`. "
         "Edit code here and bring it back with `python -m runner sync THIS_FILE`; edit prose "
         "in the post.*")]
     for number, snippet in enumerate(post.snippets, 1):
@@ -44,7 +56,7 @@ def author_notebook(post: Post, session: Session) -> NotebookNode:
         if prose.strip():
             cells.append(new_markdown_cell(prose.replace("\r\n", "\n")))
         if snippet.line in ours:
-            cells.append(_author_cell(post, snippet, number))
+            cells.append(_author_cell(post, snippet, number, name, figures or {}))
         else:
             cells.append(new_markdown_cell(f"```python\n{snippet.code}```\n\n*(runs in another "
                                            "environment: see the post's other notebooks)*"))
@@ -54,22 +66,125 @@ def author_notebook(post: Post, session: Session) -> NotebookNode:
         cells.append(new_markdown_cell(tail.replace("\r\n", "\n")))
     for index, cell in enumerate(cells):  # stable ids: the same post gives the same file
         cell.id = hashlib.sha256(f"{index}\0{cell.source}".encode()).hexdigest()[:12]
-    return new_notebook(cells=cells, metadata=_metadata(session))
+    metadata = _metadata(session)
+    metadata["runner"] = {"post": name, "env": session.env}
+    return new_notebook(cells=cells, metadata=metadata)
 
 
 def code_hash(code: str) -> str:
     return hashlib.sha256(code.rstrip("\n").encode()).hexdigest()[:16]
 
 
-def _author_cell(post: Post, snippet: Snippet, number: int) -> NotebookNode:
-    metadata: dict[str, object] = {"runner": {"post": post.path, "line": snippet.line,
+def _author_cell(post: Post, snippet: Snippet, number: int, name: str,
+                 figures: Mapping[str, bytes]) -> NotebookNode:
+    metadata: dict[str, object] = {"runner": {"post": name, "line": snippet.line,
                                               "snippet": number, "code": code_hash(snippet.code)}}
     if snippet.hidden:
         metadata["tags"] = ["hidden-in-post"]
     cell = new_code_cell(source=snippet.code.rstrip("\n"), metadata=metadata)
-    cell.outputs = [new_output("stream", name=name, text=text)
-                    for name, text in recorded_output(post, snippet) if text]
+    cell.outputs = recorded_outputs(post, snippet, figures)
     return cell
+
+
+# --- the recorded output block, back as notebook outputs -------------------------------------
+
+_MD = MarkdownIt("commonmark").enable("table")  # the block's parts as the runner wrote them
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # a CommonMark backslash escape
+
+
+def recorded_outputs(post: Post, snippet: Snippet,
+                     figures: Mapping[str, bytes]) -> list[NotebookNode]:
+    """What the post records as the snippet's output, as notebook outputs in the block's
+    order: `runner:output` / `runner:stderr` fences as streams, a table as a `text/html`
+    display (a pandas-like HTML table, with a text grid as `text/plain`), a figure link as an
+    `image/png` display of that file's bytes in `figures` (keyed by the link's path from the
+    post's folder; alt text only when the file is missing)."""
+    outputs: list[NotebookNode] = []
+    for kind, token, rows in _block_parts(post, snippet):
+        if kind == "image":
+            src, alt = unquote(str(token.attrGet("src") or "")), token.content or "figure"
+            data = {"text/plain": alt}
+            if src in figures:
+                data["image/png"] = base64.b64encode(figures[src]).decode()
+            outputs.append(new_output("display_data", data=data))
+        elif kind == "table":
+            outputs.append(new_output("display_data", data={"text/html": table_html(rows),
+                                                            "text/plain": table_text(rows)}))
+        elif token.content:
+            outputs.append(new_output("stream", name=kind, text=token.content))
+    return outputs
+
+
+def linked_figures(post: Post) -> list[str]:
+    """The figure files the post's output blocks link, as paths from the post's folder; only
+    the runner's own (in the post's figure folder), so a post cannot pull in any other file."""
+    folder = figure_folder(post.path)
+    found = [unquote(str(token.attrGet("src") or "")) for snippet in post.snippets
+             for kind, token, _ in _block_parts(post, snippet) if kind == "image"]
+    return [link for link in found if PurePosixPath(link).parent == PurePosixPath(folder)
+            and PurePosixPath(link).suffix == ".png"]
+
+
+def _block_parts(post: Post, snippet: Snippet) -> Iterator[tuple[str, Token, list[list[str]]]]:
+    """The recorded block's parts in order: ("stdout" | "stderr", fence token, []),
+    ("table", table token, cell texts by row) and ("image", image token, [])."""
+    if snippet.output is None:
+        return
+    lines = split_lines(post.text)[snippet.output.start:snippet.output.end]
+    prefix = snippet.prefix
+    body = "".join(line[len(prefix):] if line.startswith(prefix) else "\n"
+                   for line in lines)  # out of its container (a blank line there: `>`)
+    tokens = _MD.parse(body)
+    for index, token in enumerate(tokens):
+        words = token.info.split() if token.type == "fence" else []
+        marker = next((OUTPUT_MARKERS[w] for w in words if w in OUTPUT_MARKERS), None)
+        if marker:
+            yield marker, token, []
+        elif token.type == "table_open":
+            yield "table", token, _table_rows(tokens[index:])
+        elif token.type == "inline" and tokens[index - 1].type == "paragraph_open":
+            for child in token.children or []:
+                if child.type == "image":
+                    yield "image", child, []
+
+
+def _table_rows(tokens: list[Token]) -> list[list[str]]:
+    """The cells of the table the tokens open, as the text the runner wrote in them
+    (`writeback._table_cell` undone: backslash escapes and `&lt;` `&gt;` `&amp;`)."""
+    rows: list[list[str]] = []
+    for token in tokens:
+        if token.type == "table_close":
+            break
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type == "inline":
+            text = _ESCAPED.sub(r"\1", token.content)
+            rows[-1].append(text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    return rows
+
+
+def table_html(rows: list[list[str]]) -> str:
+    """A recorded table as pandas writes a DataFrame's HTML: the header row, then each row
+    with its first cell (the index) as a header cell."""
+    def cells(row: list[str], first: str, rest: str) -> str:
+        return "".join(f"      <{tag}>{html.escape(cell, quote=False)}</{tag}>\n"
+                       for tag, cell in zip([first] + [rest] * len(row), row, strict=False))
+
+    head, *body = rows or [[]]
+    return ('<div>\n<table border="1" class="dataframe">\n  <thead>\n'
+            f'    <tr style="text-align: right;">\n{cells(head, "th", "th")}    </tr>\n'
+            "  </thead>\n  <tbody>\n"
+            + "".join(f"    <tr>\n{cells(row, 'th', 'td')}    </tr>\n" for row in body)
+            + "  </tbody>\n</table>\n</div>")
+
+
+def table_text(rows: list[list[str]]) -> str:
+    """A recorded table as a text grid like a DataFrame's repr: the index column to the
+    left, the others right-aligned, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+                      .rstrip() for row in rows)
 
 
 def write_for_posts(paths: list[str], config: Config, out: Path) -> list[Path | RunnerError]:
@@ -83,10 +198,33 @@ def write_for_posts(paths: list[str], config: Config, out: Path) -> list[Path | 
         except PostError as exc:
             done.append(exc)
             continue
+        figures = {link: data for link in linked_figures(post)
+                   if (data := posts.read_bytes(path.parent / link)) is not None}
         for session in sessions:
-            done += write_author_notebook(author_notebook(post, session),
-                                          out / author_notebook_name(session))
+            book = author_notebook(post, session, figures, post_name(path, config.root))
+            done += write_author_notebook(book, out / author_notebook_name(session))
     return done
+
+
+def post_name(path: Path, root: Path) -> str:
+    """How a notebook names its post: the path from the project root (`posts/x.md`), so that
+    `sync` finds the post from any folder; an absolute path for a post outside the project."""
+    for candidate in (path.absolute(), path.resolve()):
+        if candidate.is_relative_to(root):
+            return candidate.relative_to(root).as_posix()
+    return str(path.absolute())
+
+
+def post_file(name: str, notebook: Path) -> Path:
+    """The post a notebook names (`post_name`): from the root of the project the notebook
+    lies in, else of the current folder's."""
+    if Path(name).is_absolute():
+        return Path(name)
+    try:
+        root = find_root(notebook.absolute().parent)
+    except UsageError:
+        root = find_root(Path.cwd())
+    return root / name
 
 
 def author_notebook_name(session: Session) -> str:
@@ -132,8 +270,9 @@ def is_doctest(code: str) -> bool:
 def cell_source(snippet: Snippet) -> str:
     """The code a snippet runs as: itself, or for a `>>>` session, doctest run over it in the
     kernel's own namespace. A failing example is raised again from a statement compiled at the
-    example's line in this cell's file, so the error maps back to that post line."""
-    code = snippet.code.rstrip("\n")
+    example's line in this cell's file, so the error maps back to that post line. Install
+    lines (`%pip install x`) become `pass`: the planner checked them against the env's lock."""
+    code = neutralized(snippet.code).rstrip("\n")
     if not is_doctest(code):
         return code
     return _DOCTEST.format(source=repr(snippet.code), name=repr(f"{snippet.path}:{snippet.line}"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import os
+import re
 import signal
 import sys
 import threading
@@ -62,6 +63,7 @@ class Options:
     check_determinism: bool = False  # run every session twice; differing output fails
     passenv: tuple[str, ...] = ()  # more variables kernels may see, beyond [tool.runner]'s
     require_sandbox: bool = False  # no sandbox for kernels here: a UsageError, not a warning
+    keep_going: bool = False  # a failing snippet does not stop its session
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ def post_paths(paths: Iterable[str | Path], config: Config) -> list[Path]:
 
 def read_and_plan(paths: Sequence[Path], config: Config, options: Options) -> list[Planned]:
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
-    return [_plan_one(path, config, overrides) for path in paths]
+    return [_plan_one(path, config, overrides, options.keep_going) for path in paths]
 
 
-def _plan_one(path: Path, config: Config, overrides: dict[str, str]) -> Planned:
+def _plan_one(path: Path, config: Config, overrides: dict[str, str],
+              keep_going: bool) -> Planned:
     try:
         post = markdown.parse(str(path), posts.read(path))
         sessions = plan.plan(post, config.envs, config.import_names)
@@ -140,6 +143,8 @@ def _plan_one(path: Path, config: Config, overrides: dict[str, str]) -> Planned:
     given = parameters.applicable(post, overrides)
     if given:
         sessions = tuple(replace(s, overrides=given) for s in sessions)
+    if keep_going:
+        sessions = tuple(replace(s, keep_going=True) for s in sessions)
     return Planned(path, post, sessions)
 
 
@@ -275,6 +280,8 @@ class _Tally:
         if self.first and post is not None:
             results = check_determinism(post, self.first[index], results,
                                         self._render_options())
+        if post is not None:
+            results = [explain_split(post, self.planned[index].sessions, r) for r in results]
         outcome = settle(self.planned[index], tuple(results), self.config, self.options.mode,
                          self._render_options())
         self.settled[index] = outcome
@@ -337,6 +344,23 @@ def _changed_on_disk(path: Path, parsed: str,
         return None
     return PostOutcome(str(path), "error", "changed on disk during the run: run again",
                        snippets=results)
+
+
+def explain_split(post: Post, sessions: tuple[Session, ...],
+                  result: SnippetResult) -> SnippetResult:
+    """A NameError in a post split over envs names where the name was defined, and why the
+    post was split: the name lives in another kernel."""
+    error = result.error
+    found = re.match(r"name '(\w+)' is not defined", error.message) if error else None
+    if error is None or found is None or not any(s.split for s in sessions):
+        return result
+    place = plan.defined_elsewhere(post, sessions, found[1], result.snippet.line)
+    if place is None:
+        return result
+    split = next(s.split for s in sessions if s.split)
+    message = (f"{error.message} here; it is defined at line {place[0]}, which runs in env "
+               f"'{place[1]}': {split}")
+    return replace(result, error=replace(error, message=message))
 
 
 def check_determinism(post: Post, first: Sequence[SnippetResult],

@@ -54,7 +54,7 @@ def built(project: config.Config):  # type: ignore[no-untyped-def]
     return get
 
 
-def spec(name: str, *dists: str) -> EnvSpec:
-    """An environment as the planner sees it: a name and its pinned distributions."""
+def spec(name: str, *dists: str, pins: tuple[tuple[str, str], ...] = ()) -> EnvSpec:
+    """An environment as the planner sees it: a name, its pinned distributions (and versions)."""
     return EnvSpec(name=name, folder=Path("envs") / name, lock_hash="0" * 64,
-                   distributions=frozenset(dists))
+                   distributions=frozenset(dists), pins=pins)

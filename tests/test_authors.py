@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
 import jupytext
 import nbformat
+import pytest
 
 from runner.markdown import parse
 from runner.model import ErrorInfo, Markers, Snippet, SnippetResult
-from runner.notebooks import author_notebook, code_hash
+from runner.notebooks import author_notebook, code_hash, linked_figures, recorded_outputs
 from runner.plan import plan
 from runner.report import PostOutcome, Run, github_annotations, merge, step_summary
 from runner.run import Planned, check_determinism, shard
@@ -196,3 +198,160 @@ def test_author_notebooks_are_reproducible() -> None:
     [session] = [s for s in plan(post, ENVS) if s.env == "fastapi"]
     first, second = (nbformat.writes(author_notebook(post, session)) for _ in range(2))
     assert first == second
+
+
+# --- sync from any folder, twice in a row, the pair kept alike; rich outputs in notebooks ---
+
+
+def project_copy(tmp_path: Path, post: Path = FIXTURES / "posts" / "roundtrip.md") -> Path:
+    """A project of its own: [tool.runner], the envs' lock files, one post in posts/."""
+    root = tmp_path / "blog"
+    (root / "posts").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[tool.runner]\nposts = "posts"\nenvs = "envs"\n'
+                                         'snippets = "snippets"\n')
+    shutil.copytree(ROOT / "envs", root / "envs",
+                    ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    shutil.copy(post, root / "posts" / "x.md")
+    return root
+
+
+def edit_code(path: Path, old: str, new: str) -> None:
+    """An author's edit of one code cell, in the .ipynb (through nbformat) or the .py twin."""
+    if path.suffix == ".py":
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
+        return
+    book = nbformat.read(path, as_version=4)
+    [cell] = [c for c in book.cells if c.cell_type == "code" and old in c.source]
+    cell.source = cell.source.replace(old, new)
+    nbformat.write(book, path)
+
+
+def code_cells(path: Path) -> list[tuple[str, str]]:
+    """Each code cell's code and the hash it records, as jupytext reads the file."""
+    return [(c.source, c.metadata.runner.code) for c in jupytext.read(path).cells
+            if c.cell_type == "code"]
+
+
+def test_sync_finds_the_post_from_any_folder(tmp_path: Path) -> None:
+    root = project_copy(tmp_path)
+    done = run_cli("notebooks", cwd=root / "posts")  # written from posts/: still root-relative
+    assert done.returncode == 0, done.stderr
+    book = root / "snippets" / "x.sklearn.ipynb"
+    assert nbformat.read(book, as_version=4).metadata.runner.post == "posts/x.md"
+    edit_code(book, "np.arange(3)", "np.arange(4)")
+    done = run_cli("sync", "x.sklearn.ipynb", cwd=root / "snippets")
+    assert done.returncode == 0, done.stderr
+    assert "print(np.arange(4).sum())" in (root / "posts" / "x.md").read_text()
+    edit_code(book.with_suffix(".py"), 'print("in a list")', 'print("from /")')
+    done = run_cli("sync", book.with_suffix(".py"), cwd=Path("/"))
+    assert done.returncode == 0, done.stderr
+    shown = (root / "posts" / "x.md").relative_to("/")  # as seen from the current folder
+    assert done.stdout == f"{shown}:17: code synced from the notebook\n"
+    assert '  print("from /")\n' in (root / "posts" / "x.md").read_text()
+
+
+def test_second_edit_of_a_cell_syncs_and_the_pair_stays_alike(tmp_path: Path) -> None:
+    root = project_copy(tmp_path)
+    assert run_cli("notebooks", cwd=root).returncode == 0
+    book = root / "snippets" / "x.sklearn.ipynb"
+    twin = book.with_suffix(".py")
+    post = root / "posts" / "x.md"
+    for n, synced in enumerate([book, twin, book], 4):  # three edits of one cell, in turn
+        edit_code(synced, f"np.arange({n - 1})", f"np.arange({n})")
+        done = run_cli("sync", synced, cwd=root)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "posts/x.md:9: code synced from the notebook\n"
+        assert f"print(np.arange({n}).sum())" in post.read_text()
+        first = code_cells(book)[0]
+        assert first == (f"import numpy as np\n\nprint(np.arange({n}).sum())",
+                         code_hash(first[0]))  # the new code's hash, recorded
+        assert code_cells(twin) == code_cells(book)  # the other file rewritten to match
+    assert run_cli("sync", book, cwd=root).stdout == (
+        "nothing to sync: the notebooks match their posts\n")
+
+
+def test_edits_in_both_files_of_the_pair_sync_together(tmp_path: Path) -> None:
+    root = project_copy(tmp_path)
+    assert run_cli("notebooks", cwd=root).returncode == 0
+    book = root / "snippets" / "x.sklearn.ipynb"
+    edit_code(book, "np.arange(3)", "np.arange(5)")
+    edit_code(book.with_suffix(".py"), "y = 1", "y = 2")
+    done = run_cli("sync", book.with_suffix(".py"), cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["posts/x.md:9: code synced from the notebook",
+                                        "posts/x.md:30: code synced from the notebook"]
+    text = (root / "posts" / "x.md").read_text()
+    assert "np.arange(5)" in text and "y = 2\n" in text
+    assert code_cells(book) == code_cells(book.with_suffix(".py"))
+    edit_code(book, "y = 2", "y = 3")
+    edit_code(book.with_suffix(".py"), "y = 2", "y = 4")
+    done = run_cli("sync", book, cwd=root)
+    assert done.returncode == 1 and "edited differently in" in done.stderr
+    assert "y = 2\n" in (root / "posts" / "x.md").read_text()
+
+
+def test_recorded_table_and_figure_become_notebook_outputs(tmp_path: Path) -> None:
+    """Pure: a post as `update` writes it (a fence, a figure link, a fence, a table)."""
+    text = ("```python\nshow()\n```\n\n*Verified output:*\n\n```text runner:output\ndrawn\n```\n\n"
+            "![Figure size 640x480 with 1 Axes](my%20post/snippet-1-figure-1.png)\n\n"
+            "```text runner:output\nbefore\n```\n\n"
+            "| id | a | b\\|c |\n| --- | --- | --- |\n| 7 | &lt;1&gt; | x\\\\y |\n\n"
+            "[//]: # (end of verified output)\n")
+    post = parse("my post.md", text)
+    assert linked_figures(post) == ["my post/snippet-1-figure-1.png"]
+    [snippet] = post.snippets
+    outputs = recorded_outputs(post, snippet, {"my post/snippet-1-figure-1.png": b"\x89PNG"})
+    assert [o.output_type for o in outputs] == ["stream", "display_data", "stream",
+                                                "display_data"]
+    assert outputs[0].text == "drawn\n" and outputs[2].text == "before\n"
+    assert outputs[1].data == {"text/plain": "Figure size 640x480 with 1 Axes",
+                               "image/png": "iVBORw=="}
+    html = outputs[3].data["text/html"]
+    assert "<th>id</th>" in html and "<th>b|c</th>" in html
+    assert "<th>7</th>" in html and "<td>&lt;1&gt;</td>" in html and "<td>x\\y</td>" in html
+    assert outputs[3].data["text/plain"] == "id    a  b|c\n7   <1>  x\\y"
+
+
+def test_table_cells_read_back_as_the_dataframe_wrote_them() -> None:
+    """What `writeback.markdown_table` escapes comes back exactly (but a newline: a space)."""
+    from runner.notebooks import table_html
+    from runner.writeback import markdown_table
+
+    cells = ["a|b", "<script>", "&lt;", "\\|", "`x`", "[l](u)", "*e* _u_", "\\\\", "a\\b"]
+    source = "<table><thead><tr><th></th>" + "".join(
+        f"<th>{html_escape(c)}</th>" for c in cells) + "</tr></thead><tbody><tr><th>0</th>" + (
+        "".join(f"<td>{html_escape(c)}</td>" for c in cells)) + "</tr></tbody></table>"
+    block = "\n".join(markdown_table(source))
+    post = parse("p.md", "```python\ndf\n```\n\n*Verified output:*\n\n" + block +
+                 "\n\n[//]: # (end of verified output)\n")
+    [table] = recorded_outputs(post, post.snippets[0], {})
+    assert table.data["text/html"] == table_html([["", *cells], ["0", *cells]])
+    assert "<th>&lt;script&gt;</th>" in table.data["text/html"]
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=False)
+
+
+@pytest.mark.kernel
+def test_author_notebook_has_the_table_and_the_figure_of_the_last_run(tmp_path: Path) -> None:
+    root = project_copy(tmp_path, FIXTURES / "posts" / "rich.md")
+    done = run_cli("update", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run_cli("notebooks", cwd=root).returncode == 0
+    book = nbformat.read(root / "snippets" / "x.sklearn.ipynb", as_version=4)
+    nbformat.validate(book)
+    figure, table, _ = [c.outputs for c in book.cells if c.cell_type == "code"]
+    assert [o.output_type for o in figure] == ["stream", "display_data"]
+    png = (root / "posts" / "x" / "snippet-1-figure-1.png").read_bytes()
+    assert base64.b64decode(figure[1].data["image/png"]) == png
+    assert [(o.output_type, o.get("text")) for o in table] == [("stream", "before\n"),
+                                                               ("display_data", None)]
+    assert "<th>b|c</th>" in table[1].data["text/html"]
+    assert "<th>1</th>\n      <td>2</td>\n      <td>y</td>" in table[1].data["text/html"]
+    assert table[1].data["text/plain"] == "   a  b|c\n0  1    x\n1  2    y"
+    twin = (root / "snippets" / "x.sklearn.py").read_text()
+    assert "image/png" not in twin  # the twin is code and prose only

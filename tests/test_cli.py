@@ -217,3 +217,43 @@ def test_merged_report_exit_code_follows_the_runs_rule(
     for post, snippet in (("stale", "passed"), ("failed", "failed"), ("error", "passed")):
         bad = shard_report("b.json", post, snippet)
         assert main(["report", "merge", str(good), str(bad), "--out", str(tmp_path / "m")]) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["verify", "--jobs", "x"], ["verify", "--jobs", "0"], ["update", "--timeout", "soon"],
+    ["verify", "--shard", "3/2"], ["verify", "--no-such-option"], [], ["frobnicate"],
+    ["envs", "frobnicate"], ["report", "merge", "a.json"]])
+def test_usage_errors_are_one_line_naming_options_not_code(argv: list[str]) -> None:
+    done = runner(*argv)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runner: "), done.stderr
+    assert "usage:" not in done.stderr and "_" not in lines[0], lines[0]
+    assert lines[0].endswith("--help)") and "python -m runner" in lines[0]
+
+
+def test_a_bad_option_value_names_the_option_and_the_value(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    assert main(["verify", "--jobs", "x"]) == 2
+    assert capsys.readouterr().err == ("runner: --jobs: must be a whole number of 1 or more, "
+                                       "not 'x' (python -m runner verify --help)\n")
+    assert main(["verify", "--no-such-option"]) == 2
+    assert capsys.readouterr().err == ("runner: unrecognized arguments: --no-such-option "
+                                       "(python -m runner verify --help)\n")
+    assert main(["--version"]) == 0
+
+
+def test_envs_lock_says_whether_the_lock_changed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import envs
+    from runner.cli import main
+
+    monkeypatch.chdir(tiny_project(tmp_path, "iniconfig\n"))
+    monkeypatch.setattr(envs, "compile_lock", lambda folder, upgrade: upgrade)
+    assert main(["envs", "lock", "tiny"]) == 0
+    assert capsys.readouterr().out.endswith("requirements.lock unchanged\n")
+    assert main(["envs", "lock", "tiny", "--upgrade"]) == 0
+    assert "requirements.lock updated: a new lock hash" in capsys.readouterr().out

@@ -238,3 +238,11 @@ def test_output_is_bounded_while_it_streams_in(built, project) -> None:  # type:
     assert lines[-1] == ("... [2,950,009 more bytes of output cut by the runner: "
                          "max-output-bytes is 100,000]")
     assert len(result.output.stdout) < 110_000 and "the end" not in result.output.stdout
+
+
+@pytest.mark.kernel
+def test_pip_magics_say_why_not_wherever_they_are(built, project) -> None:  # type: ignore[no-untyped-def]
+    [result] = run(built, project, fences('get_ipython().run_line_magic("pip", "install idna")'))
+    assert result.error is not None and result.error.type == "RuntimeError"
+    assert result.error.message.startswith("installing is not done at run time: the env is "
+                                           "pinned")

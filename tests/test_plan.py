@@ -63,13 +63,76 @@ def test_snippets_of_one_env_share_a_session_in_post_order() -> None:
     assert envs_of(text) == [("sklearn", [1, 9]), ("tensorflow", [5])]
 
 
-def test_import_no_env_provides_names_its_post_line() -> None:
-    text = post(("", "import os\n\nimport torch"))
-    with pytest.raises(PlanError) as caught:
-        plan(parse("posts/p.md", text), ENVS)
-    assert caught.value.line == 4 and caught.value.path == "posts/p.md"
-    assert "no environment provides 'torch'" in str(caught.value)
-    assert str(caught.value).startswith("posts/p.md:4: ")
+def test_import_no_env_provides_fails_its_snippet_at_the_import_line() -> None:
+    text = post(("", "x = 1"), ("", "import os\n\nimport torch"), ("", "print(x)"))
+    [session] = plan(parse("posts/p.md", text), ENVS)
+    assert [s.line for s in session.snippets] == [1, 5, 11]  # the snippets before it still run
+    [(fence, kind, message, line)] = session.failures
+    assert (fence, kind, line) == (5, "ModuleNotFoundError", 8)
+    assert message.startswith("no environment provides 'torch' (known: fastapi, sklearn, "
+                              "tensorflow): add its package to an env's requirements.in")
+
+
+def test_a_typo_in_an_import_asks_did_you_mean() -> None:
+    [session] = plan(parse("p.md", post(("", "from sklear import svm"))), ENVS)
+    assert session.failures[0][2] == "no environment provides 'sklear': did you mean 'sklearn'?"
+
+
+def test_one_env_runs_the_whole_post_when_one_provides_every_import() -> None:
+    # numpy, then keras, then a name from the first snippet: the tensorflow env runs all three
+    text = post(("", "import numpy as np\nx = np.arange(3)"), ("", "import keras"),
+                ("", "print(x)"))
+    [session] = plan(parse("p.md", text), ENVS)
+    assert (session.env, len(session.snippets), session.split) == ("tensorflow", 3, "")
+
+
+def test_a_split_post_says_why_and_a_name_error_says_where() -> None:
+    from runner.model import ErrorInfo, SnippetResult
+    from runner.run import explain_split
+
+    text = post(("", "import pandas\nx = 1"), ("", "import tensorflow"), ("", "print(x)"))
+    parsed = parse("p.md", text)
+    sessions = plan(parsed, ENVS)
+    assert [(s.env, [x.line for x in s.snippets]) for s in sessions] == [
+        ("sklearn", [1]), ("tensorflow", [6, 10])]
+    assert all(s.split == "no one env provides every import of the post (pandas, tensorflow)"
+               for s in sessions)
+    failed = SnippetResult(parsed.snippets[2], "tensorflow", "failed",
+                           error=ErrorInfo("NameError", "name 'x' is not defined", 11))
+    explained = explain_split(parsed, sessions, failed)
+    assert explained.error is not None and explained.error.message == (
+        "name 'x' is not defined here; it is defined at line 1, which runs in env 'sklearn': "
+        "no one env provides every import of the post (pandas, tensorflow)")
+
+
+PINNED = {"sklearn": spec("sklearn", "scikit-learn", "numpy", "pandas",
+                          pins=(("numpy", "2.1.3"), ("pandas", "2.2.3"),
+                                ("scikit-learn", "1.5.2")))}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("%pip install numpy pandas", None),
+    ("!pip install -q 'numpy>=2,<3' scikit-learn==1.5.2", None),
+    ("!uv pip install -U pandas", None),
+    ("!python -m pip install --quiet -r requirements.txt numpy", None),
+    ("%conda install -c conda-forge numpy", None),
+    ("!pip install torch", "torch is not in env 'sklearn': add it to envs/sklearn/requirements.in"),
+    ("%pip install 'numpy<2'", "numpy<2 is not what env 'sklearn' pins (numpy 2.1.3)"),
+])
+def test_install_lines_are_checked_against_the_lock(line: str, problem: str | None) -> None:
+    [session] = plan(parse("p.md", post(("", f"import numpy\n{line}\nprint(1)"))), PINNED)
+    if problem is None:
+        assert session.failures == ()
+    else:
+        [(fence, kind, message, at)] = session.failures
+        assert (fence, kind, at) == (1, "NotInEnv", 3) and message.startswith(problem)
+
+
+def test_install_lines_become_pass_in_the_cell() -> None:
+    from runner.plan import neutralized
+
+    code = "import numpy\n  %pip install numpy\n!pip list\nx = 1"
+    assert neutralized(code) == "import numpy\n  pass  # %pip install numpy\n!pip list\nx = 1"
 
 
 def test_unknown_env_marker_is_an_error_at_the_fence() -> None:

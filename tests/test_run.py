@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.config import Config
 from runner.errors import UsageError
-from runner.report import PostOutcome
+from runner.report import PostOutcome, Run
 from tests.conftest import ROOT
 
 POST = ROOT / "posts" / "2024-01-08-my-machine-learning-journey.md"
+
+
+def run_text(post: Path, config: Config, text: str, **options: Any) -> Run:
+    """A post with this text, run in-process without the cache."""
+    from runner.run import Options, run_posts
+
+    post.write_text(text)
+    return run_posts([post], config, Options(cache=False, **options))
 
 
 @pytest.mark.kernel
@@ -76,3 +85,35 @@ def test_update_mode_writes_and_a_second_run_is_a_cache_hit(tmp_path: Path,
     assert written.posts[0].written and "\n42\n" in post.read_text()
     again = run_posts([post], config)
     assert again.posts[0].status == "passed" and again.summary()["cached"] == 1
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_a_numpy_then_keras_post_runs_whole_in_one_env(tmp_path: Path, project: Config) -> None:
+    run = run_text(tmp_path / "mixed.md", project,
+                   "```python\nimport numpy as np\nx = np.arange(3)\n```\n\n"
+                   "```python\nimport keras\n```\n\n```python\nprint(x.sum())\n```\n")
+    assert [(r.env, r.status) for r in run.snippets] == [("tensorflow", "passed")] * 3
+    assert run.snippets[2].output.stdout == "3\n"
+
+
+@pytest.mark.kernel
+def test_keep_going_reports_every_failure_and_install_lines_meet_the_lock(
+        tmp_path: Path, project: Config) -> None:
+    from runner.run import Options, run_posts
+
+    post = tmp_path / "keep.md"
+    post.write_text("```python runner:env=sklearn\n%pip install -q numpy scikit-learn\n"
+                    "a = 1 / 0\n```\n\n```python\nfrom sklear import svm\n```\n\n"
+                    "```python\n!pip install nosuchpkg==1.0\nprint('never')\n```\n\n"
+                    "```python\nprint('still runs')\n```\n")
+    stopped = run_posts([post], project, Options(cache=False))
+    assert [r.status for r in stopped.snippets] == ["failed", "skipped", "skipped", "skipped"]
+    run = run_posts([post], project, Options(cache=False, keep_going=True))
+    errors = [(r.error.type, r.error.post_line) if r.error else None for r in run.snippets]
+    assert errors == [("ZeroDivisionError", 3), ("ModuleNotFoundError", 7),
+                      ("NotInEnv", 11), None]
+    assert run.snippets[1].error is not None
+    assert run.snippets[1].error.message.endswith("did you mean 'sklearn'?")
+    assert run.snippets[3].output.stdout == "still runs\n"
+    assert run.snippets[0].output.stdout == ""  # the satisfied install line printed nothing
