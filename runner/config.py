@@ -25,6 +25,17 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
+class Figures:
+    """[tool.runner] figures = { folder = "assets/figures", link = "/assets/figures" }: a
+    post's figures go in a subfolder of `folder` named after its path from `posts`, linked
+    with the `link` prefix (Jekyll's assets/, Hugo's static/)."""
+
+    folder: Path  # absolute: the project root / folder
+    link: str  # the site path that serves `folder`: "/assets/figures"
+    posts: Path  # absolute: the posts folder (a post's subfolder is its path from there)
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path
     posts: Path
@@ -39,6 +50,7 @@ class Config:
     cache_dir: Path = Path(".runner-cache")  # the execution cache
     passenv: tuple[str, ...] = ()  # more variables (or patterns) kernels may see
     tolerance: float = 0.0  # relative, for numbers in text output (0: exact); runner:tolerance=
+    figures: Figures | None = None  # [tool.runner] figures; None: beside each post
 
 
 def normalize_dist(name: str) -> str:
@@ -78,7 +90,9 @@ def load(start: Path) -> Config:
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
+    posts = root / _str(table, "posts", "posts", pyproject)
     return Config(
+        figures=_figures(table, root, posts, pyproject),
         max_output_bytes=_positive(table, "max-output-bytes", DEFAULT_MAX_BYTES, pyproject),
         max_line_chars=_positive(table, "max-line-chars", DEFAULT_MAX_LINE_CHARS, pyproject),
         tolerance=_tolerance(table, pyproject),
@@ -88,7 +102,7 @@ def load(start: Path) -> Config:
         cache_dir=Path(os.environ.get(CACHE_VARIABLE)
                        or root / _str(table, "cache-dir", ".runner-cache", pyproject)),
         root=root,
-        posts=root / _str(table, "posts", "posts", pyproject),
+        posts=posts,
         snippets=root / _str(table, "snippets", "snippets", pyproject),
         envs=envs,
         import_names={k: normalize_dist(v) for k, v in import_names.items()},
@@ -101,6 +115,22 @@ def _positive(table: dict[str, Any], key: str, default: int, pyproject: Path) ->
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UsageError(f"[tool.runner] {key} must be a positive integer", pyproject)
     return value
+
+
+def _figures(table: dict[str, Any], root: Path, posts: Path, pyproject: Path) -> Figures | None:
+    """[tool.runner] figures = { folder = "assets/figures", link = "/assets/figures" }."""
+    value = table.get("figures")
+    if value is None:
+        return None
+    folder = value.get("folder") if isinstance(value, dict) else None
+    link = value.get("link") if isinstance(value, dict) else None
+    if (not isinstance(folder, str) or not isinstance(link, str) or not folder
+            or Path(folder).is_absolute() or ".." in Path(folder).parts
+            or not link.startswith("/")):
+        raise UsageError('[tool.runner] figures must be { folder = "assets/figures", link = '
+                         '"/assets/figures" }: a folder inside the project and the site path '
+                         "that serves it", pyproject)
+    return Figures(root / folder, link.rstrip("/"), posts)
 
 
 def _tolerance(table: dict[str, Any], pyproject: Path) -> float:

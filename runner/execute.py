@@ -27,6 +27,7 @@ from pathlib import Path
 from queue import Empty
 from typing import IO, Any
 
+import zmq
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async
@@ -574,6 +575,10 @@ class _Client(NotebookClient):
     async def async_start_new_kernel_client(self) -> Any:
         assert self.km is not None
         self.kc = self.km.client()
+        # No high-water mark on the runner's side: ZMQ's I/O thread takes every message the
+        # kernel sends as it comes (a kernel's PUB socket drops messages, silently, once 1000
+        # wait for a slow reader: a flood of display() calls lost some every run).
+        self.kc.context.setsockopt(zmq.RCVHWM, 0)
         self.kc.start_channels()
         try:
             await asyncio.wait_for(self._until_ready(), self.startup_timeout)

@@ -7,7 +7,7 @@ import hashlib
 import html
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote
 
 import jupytext
@@ -18,14 +18,14 @@ from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from runner import posts
-from runner.config import Config, find_root
+from runner.config import Config, Figures, find_root
 from runner.envs import kernel_name
 from runner.errors import PostError, RunnerError, UsageError
 from runner.markdown import OUTPUT_MARKERS, body_start, parse, split_lines
 from runner.model import Post, Session, Snippet
 from runner.parameters import injected
 from runner.plan import neutralized, plan
-from runner.writeback import figure_folder
+from runner.writeback import figure_file
 
 
 def session_notebook(session: Session) -> NotebookNode:
@@ -115,14 +115,12 @@ def recorded_outputs(post: Post, snippet: Snippet,
     return outputs
 
 
-def linked_figures(post: Post) -> list[str]:
-    """The figure files the post's output blocks link, as paths from the post's folder; only
-    the runner's own (in the post's figure folder), so a post cannot pull in any other file."""
-    folder = figure_folder(post.path)
+def linked_figures(post: Post, place: Figures | None = None) -> list[str]:
+    """The figure links of the post's output blocks; only the runner's own (in the post's
+    figure folder: `figure_file` says which file), so a post cannot pull in any other file."""
     found = [unquote(str(token.attrGet("src") or "")) for snippet in post.snippets
              for kind, token, _ in _block_parts(post, snippet) if kind == "image"]
-    return [link for link in found if PurePosixPath(link).parent == PurePosixPath(folder)
-            and PurePosixPath(link).suffix == ".png"]
+    return [link for link in found if figure_file(post.path, link, place) is not None]
 
 
 def _block_parts(post: Post, snippet: Snippet) -> Iterator[tuple[str, Token, list[list[str]]]]:
@@ -198,8 +196,9 @@ def write_for_posts(paths: list[str], config: Config, out: Path) -> list[Path | 
         except PostError as exc:
             done.append(exc)
             continue
-        figures = {link: data for link in linked_figures(post)
-                   if (data := posts.read_bytes(path.parent / link)) is not None}
+        figures = {link: data for link in linked_figures(post, config.figures)
+                   if (file := figure_file(post.path, link, config.figures))
+                   and (data := posts.read_bytes(path.parent / file)) is not None}
         for session in sessions:
             book = author_notebook(post, session, figures, post_name(path, config.root))
             done += write_author_notebook(book, out / author_notebook_name(session))

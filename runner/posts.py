@@ -195,10 +195,10 @@ def freshen(path: Path, post: Post, outputs: Mapping[int, Output], verified_by: 
     """What `verify` compares and `update` writes: text, stamp, figures (pixels, not bytes)."""
     text = stamp(render(post, outputs, options), verified_by)
     folder = path.parent
-    pictures = {folder / rel: png for rel, png in figures(post, outputs).items()}
+    pictures = {folder / rel: png for rel, png in figures(post, outputs, options.figures).items()}
     redrawn = {p: why for p, png in pictures.items() if (why := _stale_figure(p, png))}
-    orphans = tuple(p for p in sorted((folder / figure_folder(str(path))).glob(FIGURE_GLOB))
-                    if p not in pictures)
+    own = folder / figure_folder(str(path), options.figures)  # absolute under [tool.runner] figures
+    orphans = tuple(p for p in sorted(own.glob(FIGURE_GLOB)) if p not in pictures)
     return Fresh(text, pictures, redrawn, orphans)
 
 

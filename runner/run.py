@@ -290,7 +290,7 @@ class _Tally:
 
     def _render_options(self) -> RenderOptions:
         return RenderOptions(self.config.patterns, self.config.max_output_lines,
-                             self.config.tolerance)
+                             self.config.tolerance, self.config.figures)
 
     def outcomes(self) -> tuple[PostOutcome, ...]:
         return tuple(self.settled[index] for index in range(len(self.planned)))

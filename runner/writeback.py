@@ -11,16 +11,24 @@ invisible end line. No output, no block.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from runner import __version__
 from runner.compare import blocks_match
-from runner.config import DEFAULT_MAX_LINES
-from runner.markdown import OUTPUT_END, OUTPUT_LABEL, body_start, newline, split_lines
+from runner.config import DEFAULT_MAX_LINES, Figures
+from runner.markdown import (
+    OUTPUT_END,
+    OUTPUT_LABEL,
+    POST_SUFFIXES,
+    body_start,
+    newline,
+    split_lines,
+)
 from runner.model import EnvSpec, Output, Post, Session, Snippet
 
 # Terminal escape sequences, removed: CSI (colours, cursor moves: `\x1b[31m`), the strings
@@ -52,6 +60,7 @@ class RenderOptions:
     patterns: Patterns = field(default=())  # the project's own (pattern, replacement) pairs
     max_lines: int = DEFAULT_MAX_LINES  # longer text output is cut, with a marker line
     tolerance: float = 0.0  # the project's, for numbers in text output (runner.compare)
+    figures: Figures | None = None  # [tool.runner] figures; None: beside each post
 
 
 def normalize(text: str, patterns: Patterns = ()) -> str:
@@ -96,8 +105,8 @@ def render(post: Post, outputs: Mapping[int, Output],
                     for s in post.snippets if s.line in outputs),
                    key=lambda pair: pair[0].anchor, reverse=True)
     for snippet, output in edits:
-        links = figure_links(post.path, numbered[snippet.line], output)
-        block = output_block(snippet, output, line_end, options, links)
+        links = figure_links(post.path, numbered[snippet.line], output, options.figures)
+        block = output_block(snippet, output, line_end, options, links, numbered[snippet.line])
         start, end = ((snippet.output.start, snippet.output.end) if snippet.output
                       else (snippet.anchor, snippet.anchor))
         if snippet.output and _recorded_stands(snippet, lines[start:end], block, options):
@@ -152,37 +161,85 @@ def stamp(text: str, value: str) -> str:
     return "".join(lines)
 
 
-def figures(post: Post, outputs: Mapping[int, Output]) -> dict[str, bytes]:
-    """Each figure's path (relative to the post's folder, as linked) and its PNG bytes."""
+def figures(post: Post, outputs: Mapping[int, Output],
+            place: Figures | None = None) -> dict[str, bytes]:
+    """Each figure's file (relative to the post's folder, or absolute under `[tool.runner]
+    figures`) and its PNG bytes."""
     found: dict[str, bytes] = {}
+    folder = figure_folder(post.path, place)
     for number, snippet in enumerate(post.snippets, 1):
         if snippet.line in outputs and snippet.markers.record_output:  # output=none: no files
-            links = figure_links(post.path, number, outputs[snippet.line])
-            found.update(zip(links, outputs[snippet.line].images(), strict=True))
+            count = len(outputs[snippet.line].images())
+            found.update(zip(_figure_names(folder, number, count),
+                             outputs[snippet.line].images(), strict=True))
     return found
 
 
-def figure_folder(post_path: str) -> str:
-    """Figures live beside the post, in a folder named after it: posts/x.md -> posts/x/
-    (posts/x.mdx -> posts/x-mdx/, so two posts never share one)."""
+BUNDLE_NAMES = ("index.md", "_index.md")  # a Hugo page bundle's page: figures in its bundle
+BUNDLE_FOLDER = "figures"
+_OWN = ".figures"  # what every folder name not made from a plain .md post's stem ends with
+
+
+def figure_folder(post_path: str, place: Figures | None = None) -> str:
+    """Where the post's figures are saved: relative to the post's folder, or absolute under
+    `place` (`[tool.runner] figures`). See `_folders`."""
+    return _folders(post_path, place)[0]
+
+
+def _folders(post_path: str, place: Figures | None) -> tuple[str, str]:
+    """The post's figure folder as a file path and as a link. Beside the post, named after it
+    so that no two posts share one: posts/x.md -> posts/x/; a Hugo page bundle's
+    content/x/index.md (or _index.md) -> content/x/figures/; any other name gets its whole
+    name and `.figures` (posts/x.mdx -> posts/x.mdx.figures/, posts/...md ->
+    posts/...md.figures/, posts/x.figures.md -> posts/x.figures.md.figures/), a name no plain
+    .md stem gives, nor any post's own name. With `place`, a post under its posts folder (not
+    a bundle) gets the same path inside `place.folder`, linked with `place.link`."""
     path = PurePosixPath(post_path)
-    return path.stem if path.suffix == ".md" else path.stem + path.suffix.replace(".", "-")
+    if path.name in BUNDLE_NAMES:
+        return BUNDLE_FOLDER, BUNDLE_FOLDER
+    own = _own_folder(path.name)
+    where = Path(os.path.abspath(post_path)).parent
+    if place is None or not where.is_relative_to(place.posts):
+        return own, own
+    sub = (where.relative_to(place.posts) / own).as_posix()
+    return str(place.folder / sub), f"{place.link}/{sub}"
+
+
+def _own_folder(name: str) -> str:
+    stem, suffix = name[:-3], name[-3:]
+    plain = (suffix == ".md" and stem.strip(".") and stem != BUNDLE_FOLDER
+             and not stem.endswith((_OWN, *POST_SUFFIXES)))  # x.mdx.md: not the folder x.mdx
+    return stem if plain else name + _OWN
 
 
 FIGURE_GLOB = "snippet-*-figure-*.png"
 
 
-def figure_links(post_path: str, number: int, output: Output) -> list[str]:
-    """Where the snippet's figures are saved, relative to the post's folder (file paths, not
-    yet link destinations: see `link_destination`)."""
-    count = len(output.images())
-    return [f"{figure_folder(post_path)}/snippet-{number}-figure-{k}.png"
-            for k in range(1, count + 1)]
+def _figure_names(folder: str, number: int, count: int) -> list[str]:
+    return [f"{folder}/snippet-{number}-figure-{k}.png" for k in range(1, count + 1)]
 
 
-def snippet_figure_links(post: Post, snippet: Snippet, output: Output) -> list[str]:
+def figure_links(post_path: str, number: int, output: Output,
+                 place: Figures | None = None) -> list[str]:
+    """The snippet's figures as linked: relative to the post's folder, or under `place.link`
+    (paths, not yet link destinations: see `link_destination`)."""
+    return _figure_names(_folders(post_path, place)[1], number, len(output.images()))
+
+
+def figure_file(post_path: str, link: str, place: Figures | None = None) -> str | None:
+    """The file a figure link of the post names (as `figures` keys it), or None where the link
+    is not in the post's own figure folder."""
+    folder, linked = _folders(post_path, place)
+    target = PurePosixPath(link)
+    if str(target.parent) != linked or not target.match(FIGURE_GLOB):
+        return None
+    return f"{folder}/{target.name}"
+
+
+def snippet_figure_links(post: Post, snippet: Snippet, output: Output,
+                         place: Figures | None = None) -> list[str]:
     """`figure_links` of one of the post's snippets (its number is its place in the post)."""
-    return figure_links(post.path, post.snippets.index(snippet) + 1, output)
+    return figure_links(post.path, post.snippets.index(snippet) + 1, output, place)
 
 
 # What a link destination may hold as it is: a post's name may hold anything else (a space, a
@@ -197,18 +254,28 @@ def link_destination(path: str) -> str:
     return _LINK_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), path)
 
 
-def _alt_text(text: str) -> str:
-    """A figure's plain text as alt text that stays one plain image label: letters, digits
-    and harmless punctuation, every other run of characters one space (no `]`, `<`, newline,
-    backslash or backtick)."""
-    return re.sub(r"[^\w.,:;=+\-()#%/]+", " ", text).strip() or "figure"
+# matplotlib's repr of a figure (or nothing), which says nothing a reader needs: such a figure
+# is named by its place instead ("Figure 2 of snippet 3", as its file is named: stable when
+# prose above it changes, unlike a line number).
+_GENERIC_FIGURE = re.compile(r"<?Figure size [\d.]+x[\d.]+ with \d+ Axes>?|figure|")
+
+
+def _alt_text(text: str, fallback: str = "figure") -> str:
+    """A figure's plain text (its title) as alt text that stays one plain image label:
+    letters, digits and harmless punctuation, every other run of characters one space (no
+    `]`, `<`, newline, backslash or backtick); `fallback` (plain already) for matplotlib's
+    repr or nothing."""
+    alt = re.sub(r"[^\w.,:;=+\-()#%/]+", " ", text).strip()
+    return fallback if _GENERIC_FIGURE.fullmatch(alt) else alt
 
 
 def output_block(snippet: Snippet, output: Output, line_end: str = "\n",
-                 options: RenderOptions | None = None, links: Sequence[str] = ()) -> list[str]:
-    """The lines of a snippet's output block (none when it printed nothing)."""
+                 options: RenderOptions | None = None, links: Sequence[str] = (),
+                 number: int = 0) -> list[str]:
+    """The lines of a snippet's output block (none when it printed nothing); `number` is the
+    snippet's place in the post (an untitled figure's alt text names it)."""
     options = options or RenderOptions()
-    parts = [lines for lines in _parts(output, options, links) if lines]
+    parts = [lines for lines in _parts(output, options, links, number) if lines]
     if not parts:
         return []
     prefix, blank = snippet.prefix, snippet.prefix.rstrip() + line_end
@@ -219,16 +286,19 @@ def output_block(snippet: Snippet, output: Output, line_end: str = "\n",
     return [*block, blank, prefix + OUTPUT_END + line_end]
 
 
-def _parts(output: Output, options: RenderOptions, links: Sequence[str]) -> list[list[str]]:
+def _parts(output: Output, options: RenderOptions, links: Sequence[str],
+           snippet: int = 0) -> list[list[str]]:
     if len(links) != len(output.images()):
         raise ValueError(f"{len(output.images())} figures and {len(links)} links: give "
                          "output_block the figure links (`figure_links`)")
-    images = iter(links)
+    images = enumerate(links, 1)
     parts: list[list[str]] = []
     for part in output.all_parts():
         if part.kind == "image":
-            alt = _alt_text(normalize(part.text, options.patterns))
-            parts.append([f"![{alt}]({link_destination(next(images))})"])
+            number, link = next(images)
+            alt = _alt_text(normalize(part.text, options.patterns),
+                            f"Figure {number} of snippet {snippet}")
+            parts.append([f"![{alt}]({link_destination(link)})"])
         elif part.kind == "table" and (table := markdown_table(part.html, options.patterns)):
             parts.append(table)
         else:

@@ -109,7 +109,7 @@ def test_figure_is_saved_beside_the_post_and_linked(rich: Path) -> None:
     figure = rich.parent / "rich" / "snippet-1-figure-1.png"
     width, height = Image.open(figure).size  # the inline backend crops to the drawing
     assert Image.open(figure).format == "PNG" and width > 300 and height > 200
-    assert "![Figure size 640x480 with 1 Axes](rich/snippet-1-figure-1.png)" in rich.read_text()
+    assert "![Figure 1 of snippet 1](rich/snippet-1-figure-1.png)" in rich.read_text()
 
 
 @pytest.mark.kernel

@@ -432,7 +432,7 @@ def test_figure_folders_of_md_and_mdx_posts_differ() -> None:
     from runner.writeback import figure_folder
 
     assert figure_folder("posts/x.md") == "x"
-    assert figure_folder("posts/x.mdx") == "x-mdx" != figure_folder("posts/x.markdown")
+    assert figure_folder("posts/x.mdx") == "x.mdx.figures" != figure_folder("posts/x.markdown")
 
 
 def test_a_post_with_nothing_run_gets_no_stamp() -> None:
@@ -591,3 +591,127 @@ def test_any_output_stays_in_its_block_in_any_container(container: str, first: O
         assert render(again, {line: output}) == updated
         # ... also when it replaces another block
         assert render(again, {line: second}) == render(post, {line: second})
+
+
+# --- figures that fit real blogs -------------------------------------------------------------
+
+
+def _figure_post(name: str, *alts: str) -> tuple[Post, dict[int, Output]]:
+    from runner.model import Part
+
+    post = parse(name, "Intro.\n\n```python\nx\n```\n")
+    parts = tuple(Part("image", alt, png=b"png") for alt in alts)
+    return post, {post.snippets[0].line: Output(parts=parts)}
+
+
+def test_figure_alt_text_is_its_title_or_says_which_figure_it_is() -> None:
+    post, outputs = _figure_post("p.md", "Loss per epoch", "<Figure size 640x480 with 1 Axes>",
+                                 "", "Figure size 400x300 with 2 Axes", "a ]title[ <b>\n`x`")
+    text = render(post, outputs)
+    assert "![Loss per epoch](p/snippet-1-figure-1.png)" in text
+    assert "![Figure 2 of snippet 1](p/snippet-1-figure-2.png)" in text
+    assert "![Figure 3 of snippet 1](p/snippet-1-figure-3.png)" in text
+    assert "![Figure 4 of snippet 1](p/snippet-1-figure-4.png)" in text
+    assert "![a title b x](p/snippet-1-figure-5.png)" in text  # cleaned: one plain label
+    assert "Figure size" not in text
+    assert render(parse("p.md", text), outputs) == text
+
+
+NAMES = ["x.md", "x.mdx", "x.markdown", "a.mdx", "a-mdx.md", "a.mdx.figures.md", "...md", "..md",
+         ".md", ".md.md", "x.mdx.md", "figures.md", "x.figures.md", "my post.md", "index.mdx"]
+
+
+def test_no_two_post_names_share_a_figure_folder() -> None:
+    from runner.writeback import figure_folder
+
+    folders = {name: figure_folder(f"posts/{name}") for name in NAMES}
+    assert len(set(folders.values())) == len(NAMES), folders
+    assert folders["x.md"] == "x" and folders["my post.md"] == "my post"  # as before
+    assert folders["...md"] == "...md.figures" and folders["..md"] == "..md.figures"
+    assert folders["a.mdx"] == "a.mdx.figures" != folders["a-mdx.md"] == "a-mdx"
+    assert not set(folders.values()) & {".", "..", "", "figures", *NAMES}
+
+
+def test_a_hugo_page_bundle_keeps_its_figures_in_the_bundle() -> None:
+    from runner.config import Figures
+    from runner.writeback import figure_folder, figure_links, figures
+
+    for name in ("content/posts/x/index.md", "content/posts/x/_index.md"):
+        post, outputs = _figure_post(name, "squares")
+        assert figure_folder(name) == "figures"
+        assert "![squares](figures/snippet-1-figure-1.png)" in render(post, outputs)
+        assert list(figures(post, outputs)) == ["figures/snippet-1-figure-1.png"]
+        place = Figures(Path("/site/static/figures"), "/figures", Path("/site/content"))
+        assert figure_links(name, 1, outputs[3], place) == ["figures/snippet-1-figure-1.png"]
+
+
+def test_jekyll_figures_go_to_assets_with_site_links(tmp_path: Path) -> None:
+    from runner.config import Figures
+    from runner.writeback import RenderOptions, figures
+
+    place = Figures(tmp_path / "assets/figures", "/assets/figures", tmp_path / "_posts")
+    name = str(tmp_path / "_posts" / "2024" / "my post (1).md")
+    post, outputs = _figure_post(name, "squares")
+    text = render(post, outputs, RenderOptions(figures=place))
+    link = "/assets/figures/2024/my%20post%20%281%29/snippet-1-figure-1.png"
+    assert f"![squares]({link})" in text
+    [image] = [c for t in MD.parse(text) for c in t.children or [] if c.type == "image"]
+    assert image.attrGet("src") == link
+    assert list(figures(post, outputs, place)) == [
+        f"{tmp_path}/assets/figures/2024/my post (1)/snippet-1-figure-1.png"]
+    outside = str(tmp_path / "drafts" / "d.md")  # not under the posts folder: beside it
+    assert list(figures(_figure_post(outside, "t")[0], outputs, place)) == [
+        "d/snippet-1-figure-1.png"]
+
+
+def test_freshen_writes_figures_under_the_configured_folder(tmp_path: Path) -> None:
+    from runner.config import Figures
+    from runner.posts import freshen, write_fresh
+    from runner.writeback import RenderOptions
+
+    place = Figures(tmp_path / "static" / "figures", "/figures", tmp_path / "content")
+    path = tmp_path / "content" / "a.mdx"
+    path.parent.mkdir()
+    post, outputs = _figure_post(str(path), "t")
+    path.write_text(post.text)
+    stale = tmp_path / "static" / "figures" / "a.mdx.figures" / "snippet-9-figure-1.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    fresh = freshen(path, post, outputs, "", RenderOptions(figures=place))
+    drawn = stale.parent / "snippet-1-figure-1.png"
+    assert list(fresh.pictures) == [drawn] and fresh.orphans == (stale,)
+    assert "](/figures/a.mdx.figures/snippet-1-figure-1.png)" in fresh.text
+    write_fresh(path, post.text, fresh)
+    assert drawn.read_bytes() == b"png" and not stale.exists()
+
+
+def test_freshen_keeps_figures_of_a_mdx_and_a_mdx_md_apart(tmp_path: Path) -> None:
+    from runner.posts import freshen
+    from runner.writeback import RenderOptions
+
+    (tmp_path / "a-mdx").mkdir()
+    theirs = tmp_path / "a-mdx" / "snippet-1-figure-1.png"
+    theirs.write_bytes(b"a-mdx.md's figure")
+    post, outputs = _figure_post(str(tmp_path / "a.mdx"), "t")
+    fresh = freshen(tmp_path / "a.mdx", post, outputs, "", RenderOptions())
+    assert list(fresh.pictures) == [tmp_path / "a.mdx.figures" / "snippet-1-figure-1.png"]
+    assert theirs not in fresh.redrawn and not fresh.orphans
+
+
+def test_figures_setting_is_read_and_checked(tmp_path: Path) -> None:
+    from runner.config import Figures, load
+    from runner.errors import UsageError
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.runner]\nposts = "_posts"\n'
+                         'figures = { folder = "assets/figures", link = "/assets/figures/" }\n')
+    root = tmp_path.resolve()
+    assert load(tmp_path).figures == Figures(root / "assets/figures", "/assets/figures",
+                                             root / "_posts")
+    pyproject.write_text("[tool.runner]\n")
+    assert load(tmp_path).figures is None
+    for bad in ('"assets"', '{ folder = "../out", link = "/x" }',
+                '{ folder = "assets", link = "https://cdn" }', '{ folder = "assets" }'):
+        pyproject.write_text(f"[tool.runner]\nfigures = {bad}\n")
+        with pytest.raises(UsageError, match="figures"):
+            load(tmp_path)
