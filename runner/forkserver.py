@@ -221,14 +221,17 @@ def _init(kernel: int) -> None:
     while True:
         pid, status = os.wait()
         if pid == kernel:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(128 - code if code < 0 else code)
+            _exit_as(status)
 
 
 def _exit_like(child: int) -> None:
     """The reaper: wait for the session's init, exit with its status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _, status = os.waitpid(child, 0)
+    _exit_as(os.waitpid(child, 0)[1])
+
+
+def _exit_as(status: int) -> None:
+    """Exit with a child's wait status: its exit code, or 128 + the signal that killed it."""
     code = os.waitstatus_to_exitcode(status)
     os._exit(128 - code if code < 0 else code)
 

@@ -196,32 +196,6 @@ def _content(lines: list[str], index: int) -> str | None:
     return _strip_end(lines[index]).lstrip(" \t>").strip()
 
 
-def recorded_output(post: Post, snippet: Snippet) -> list[tuple[str, str]]:
-    """What the post records as the snippet's output: ("stdout" | "stderr", text) per fence."""
-    if snippet.output is None:
-        return []
-    lines = split_lines(post.text)[snippet.output.start:snippet.output.end]
-    found: list[tuple[str, str]] = []
-    fence: str | None = None
-    text: list[str] = []
-    for line in lines:
-        body = _strip_end(line)
-        if snippet.prefix:  # the container's prefix, exactly as the runner wrote it
-            body = body[len(snippet.prefix):] if body.startswith(snippet.prefix) else ""
-        if fence is None:
-            words = body.split()
-            marker = next((OUTPUT_MARKERS[w] for w in words if w in OUTPUT_MARKERS), None)
-            if marker is not None and body.startswith("`"):
-                fence, text = body[:len(body) - len(body.lstrip("`"))], []
-                found.append((marker, ""))
-        elif body == fence:
-            found[-1] = (found[-1][0], "".join(text))
-            fence = None
-        else:
-            text.append(body + "\n")
-    return found
-
-
 MARKER_KEYS = ("skip", "raises", "env", "timeout", "parameters", "tolerance", "unordered", "output")
 _FLAGS = ("skip", "parameters", "unordered")  # markers that stand without a value
 # Numeric markers: the check on the number and what a good value is.

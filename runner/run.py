@@ -200,6 +200,8 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
     env (forked from the env's warm server where two or more sessions share the env); `done`
     gets each job's results as it ends."""
     jobs = [job for job in jobs if job.hit is None]
+    if not jobs:  # all cached (or nothing to run): no run folder, no servers, no sandbox probe
+        return
     limit = asyncio.Semaphore(options.jobs)
     deadline = (Deadline(time.monotonic() + options.deadline, options.deadline)
                 if options.deadline else None)

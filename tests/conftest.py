@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from runner import config, envs
 from runner.model import EnvSpec
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -28,6 +31,19 @@ def execution_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["RUNNER_EXECUTION_CACHE"]
     else:
         os.environ["RUNNER_EXECUTION_CACHE"] = before
+
+
+def without_waiting(call: Callable[[], T], fifo: Path, what: str) -> T:
+    """`call()`'s result, failing the test if it blocks on the FIFO `fifo` (a read that
+    waits for a writer) for 10 s; the blocked reader is then let go."""
+    outcome: list[T] = []
+    reader = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
+        pytest.fail(f"{what} waits on a FIFO")
+    return outcome[0]
 
 
 def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from runner.model import Output, SnippetResult
 from runner.plan import plan
 from runner.report import Run, to_json
 from runner.run import Options, run_posts
-from tests.conftest import spec
+from tests.conftest import spec, without_waiting
 
 ENV = spec("sklearn", "numpy")
 POST = "```python\nimport numpy\nprint(1)\n```\n\n```python\nprint(2)\n```\n"
@@ -160,15 +159,10 @@ def test_a_bad_entry_is_a_miss_with_one_warning_and_is_removed(tmp_path: Path,
     entry = tmp_path / "cache" / KEY[:2] / f"{KEY}.json"
     make_bad_entry(entry, kind)
     warnings: list[str] = []
-    outcome: list[object] = []
-    reader = threading.Thread(target=lambda: outcome.append(
-        cache.load(tmp_path / "cache", KEY, session(), warn=warnings.append)), daemon=True)
-    reader.start()
-    reader.join(10)
-    if reader.is_alive():
-        os.close(os.open(entry, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
-        pytest.fail("cache.load waits on the entry")
-    assert outcome == [None]
+    loaded = without_waiting(
+        lambda: cache.load(tmp_path / "cache", KEY, session(), warn=warnings.append),
+        entry, "cache.load")
+    assert loaded is None
     assert len(warnings) == 1 and f"discarding a corrupt cache entry {entry}" in warnings[0]
     assert not os.path.lexists(entry)
     if kind == "symlink":  # the link went, not its target

@@ -27,6 +27,7 @@ from runner.model import Output, SnippetResult
 from runner.plan import plan
 from runner.run import Planned, settle
 from runner.writeback import RenderOptions
+from tests.conftest import without_waiting
 
 POST = "# Title\n\n```python runner:env=sklearn\nprint(1)\n```\n"
 
@@ -87,14 +88,7 @@ def test_a_run_reports_posts_that_are_not_files_and_never_waits(tmp_path: Path) 
 def test_a_fifo_named_like_a_figure_is_not_waited_on(tmp_path: Path) -> None:
     figure = tmp_path / "p-1.png"
     os.mkfifo(figure)
-    got: list[bytes | None] = []
-    reader = threading.Thread(target=lambda: got.append(posts.read_bytes(figure)), daemon=True)
-    reader.start()
-    reader.join(10)
-    if reader.is_alive():
-        os.close(os.open(figure, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
-        pytest.fail("reading the figure waits on a FIFO")
-    assert got == [None]
+    assert without_waiting(lambda: posts.read_bytes(figure), figure, "reading the figure") is None
 
 
 def test_reading_stops_past_the_limit_when_the_size_lies(tmp_path: Path,
