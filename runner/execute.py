@@ -672,6 +672,28 @@ get_ipython().events.register("post_run_cell", note)
 """
 
 
+# A figure's plain text is its title (the suptitle, else the first axes title), which the
+# post's alt text is made from; untitled, matplotlib's repr. The inline backend pops every
+# printer for Figure when it is set up (at the first pyplot import, in a cell), so the printer
+# is put back before each cell and after it, before the backend's own post_execute shows the
+# figures (this hook is registered first).
+_FIGURE_TITLES = """
+import sys
+def title(figure, p, cycle):
+    texts = [getattr(getattr(figure, "_suptitle", None), "get_text", str)()]
+    texts += [axes.get_title(loc) for axes in figure.get_axes()
+              for loc in ("center", "left", "right")]
+    p.text(next((text.strip() for text in texts if text and text.strip()), repr(figure)))
+def ensure(*args):
+    module = sys.modules.get("matplotlib.figure")
+    plain = get_ipython().display_formatter.formatters["text/plain"]
+    if module is not None and plain.type_printers.get(module.Figure) is not title:
+        plain.for_type(module.Figure, title)
+get_ipython().events.register("pre_execute", ensure)
+get_ipython().events.register("post_execute", ensure)
+"""
+
+
 async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
                  notebook: NotebookNode, scratch: Path, crashes: Path,
                  limits: OutputLimits) -> Places:
@@ -690,6 +712,7 @@ async def _start(client: NotebookClient, session: Session, env: BuiltEnv,
         "faults": f"__import__('faulthandler').enable(open({str(crashes)!r}, 'w'))",
         "cells": f"[get_ipython().compile.get_code_name(s, s, 0) for s in {sources!r}]",
         "installers": f"exec({_NO_INSTALL_MAGICS!r}, {{'get_ipython': get_ipython}})",
+        "figures": f"exec({_FIGURE_TITLES!r}, {{'get_ipython': get_ipython}})",
         "budget": f"exec({_KERNEL_BUDGET!r}, {{'get_ipython': get_ipython, "
                   f"'LIMIT': {limits.max_bytes}}})",
     }

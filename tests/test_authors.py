@@ -344,7 +344,7 @@ def test_author_notebook_has_the_table_and_the_figure_of_the_last_run(tmp_path: 
     assert run_cli("notebooks", cwd=root).returncode == 0
     book = nbformat.read(root / "snippets" / "x.sklearn.ipynb", as_version=4)
     nbformat.validate(book)
-    figure, table, _ = [c.outputs for c in book.cells if c.cell_type == "code"]
+    figure, table, _, _ = [c.outputs for c in book.cells if c.cell_type == "code"]
     assert [o.output_type for o in figure] == ["stream", "display_data"]
     png = (root / "posts" / "x" / "snippet-1-figure-1.png").read_bytes()
     assert base64.b64decode(figure[1].data["image/png"]) == png

@@ -109,7 +109,17 @@ def test_figure_is_saved_beside_the_post_and_linked(rich: Path) -> None:
     figure = rich.parent / "rich" / "snippet-1-figure-1.png"
     width, height = Image.open(figure).size  # the inline backend crops to the drawing
     assert Image.open(figure).format == "PNG" and width > 300 and height > 200
-    assert "![Figure 1 of snippet 1](rich/snippet-1-figure-1.png)" in rich.read_text()
+    assert "![squares](rich/snippet-1-figure-1.png)" in rich.read_text()
+
+
+@pytest.mark.kernel
+def test_figure_alt_text_is_its_title_else_its_place(rich: Path) -> None:
+    """The suptitle before an axes title, brackets dropped; an untitled figure is named by its
+    place (not by matplotlib's repr)."""
+    text = rich.read_text()
+    assert "![Two panels draft](rich/snippet-4-figure-1.png)" in text
+    assert "![Figure 2 of snippet 4](rich/snippet-4-figure-2.png)" in text
+    assert "Figure size" not in text
 
 
 @pytest.mark.kernel
