@@ -69,7 +69,8 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Runner vs plain python vs papermill on generated posts; prints the table and targets."""
+    """Runner vs plain python vs papermill on generated posts, and at blog scale (50, 200,
+    1000 posts); prints the tables and the targets met or missed. `-- --quick`: small sizes."""
     install(session, ".[bench]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 

@@ -21,9 +21,10 @@ MAX_SCAN = 10_000  # folder entries looked at by one sweep, so a huge folder cos
 MIN_AGE_S = 60.0  # a temp file younger than this is left alone, whatever its pid says
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Temp file in the same folder, fsync, rename: a crash leaves the old file or the new one,
-    never part of either. An existing file keeps its mode."""
+    never part of either. An existing file keeps its mode. Not `durable` (a cache entry, which
+    is checked when read): no fsync, so a power cut may leave an empty or torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.runner-{os.getpid()}-",
@@ -32,7 +33,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:

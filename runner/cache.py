@@ -23,10 +23,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock, Timeout
-
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
+from runner.markdown import POST_SUFFIXES
 from runner.model import EnvSpec, Output, Part, Session, SnippetResult
 
 FORMAT = 1
@@ -45,6 +44,23 @@ def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = ""
         "snippets": [[s.code, s.hidden, asdict(s.markers)] for s in session.snippets],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+BESIDE_MAX_BYTES = 10 * 2**20
+
+
+def files_beside(folder: Path) -> list[Path]:
+    """The files beside a post that its snippets see (data it reads: a CSV, a JSON): not posts,
+    folders, hidden or large files."""
+    found = []
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.iterdir()):
+            with contextlib.suppress(OSError):
+                if (path.is_file() and not path.name.startswith(".")
+                        and path.suffix not in POST_SUFFIXES
+                        and path.stat().st_size <= BESIDE_MAX_BYTES):
+                    found.append(path)
+    return found
 
 
 def digest(paths: Sequence[Path]) -> str:
@@ -92,13 +108,15 @@ def store(folder: Path, key: str, results: Sequence[SnippetResult],
     LOCK_SECONDS, or a write that fails, skips storing with a warning: never an error."""
     if any(r.status == "failed" or r.not_run_after is not None for r in results):
         return
+    from filelock import FileLock, Timeout  # here: a run the cache answers never stores
+
     path = _entry(folder, key)
     data = json.dumps({"key": key, "snippets": [_item(r) for r in results]})
     try:
         _make_room(path.parent, folder=True)
         with FileLock(str(path) + ".lock", timeout=LOCK_SECONDS):
             _make_room(path, folder=False)
-            write_atomic(path, data.encode("utf-8"))
+            write_atomic(path, data.encode("utf-8"), durable=False)  # a torn entry is a miss
     except Timeout:
         warn(f"not caching {path}: its lock was held for over {LOCK_SECONDS:g} s")
     except OSError as exc:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from runner import __version__
-from runner.errors import RunnerError, UsageError
-from runner.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunnerError, UsageError
 
 if TYPE_CHECKING:  # imported where used: `--version` and `--help` import little
+    from datetime import date
+
     from runner.config import Config
     from runner.model import EnvSpec
     from runner.run import Options
@@ -120,9 +121,10 @@ def _options(args: argparse.Namespace, mode: str) -> Options:
         mode="update" if mode == "update" else "verify", jobs=args.jobs, timeout=args.timeout,
         cache=not args.no_cache, warm=not args.no_warm, deadline=args.deadline,
         shard=getattr(args, "shard", None),
+        durations=Path(args.durations) if getattr(args, "durations", None) else None,
         params=tuple(parameters.parse_overrides(args.param).items()),
         check_determinism=args.check_determinism, require_sandbox=args.require_sandbox,
-        keep_going=args.keep_going)
+        keep_going=args.keep_going, ignore_stamp=getattr(args, "ignore_stamps", False))
 
 
 def _notebooks(args: argparse.Namespace) -> int:
@@ -163,13 +165,18 @@ def _envs(args: argparse.Namespace) -> int:
     from runner import envs
     from runner.run import say
 
+    if args.action == "new":
+        return _envs_new(args)
+    if args.source or (args.as_of and args.action != "lock"):
+        raise UsageError("--from is for `envs new`, --as-of for `envs lock` and `envs new`")
     specs = _specs(_config(), args.names)
     if args.action == "lock":
         for spec in specs:
-            changed = envs.compile_lock(spec.folder, upgrade=args.upgrade)
-            print(f"{spec.name}: {spec.lock} " + ("updated: a new lock hash, the env is built "
-                  "again and posts stamped with the old one are stale" if changed else
-                  "unchanged"))
+            changed = envs.compile_lock(spec.folder, upgrade=args.upgrade, as_of=args.as_of)
+            dated = f" as of {args.as_of}" if args.as_of else ""
+            print(f"{spec.name}: {spec.lock} " + (f"updated{dated}: a new lock hash, the env is "
+                  "built again and posts stamped with the old one are stale" if changed else
+                  f"unchanged{dated}"))
         return EXIT_OK
     status = EXIT_OK
     for spec in specs:
@@ -181,6 +188,54 @@ def _envs(args: argparse.Namespace) -> int:
         state = "built" if envs.is_built(spec) else "not built"
         print(f"{spec.name:12} lock {spec.lock_hash[:12]}  {state:9}  {envs.env_path(spec)}")
     return status
+
+
+def _envs_new(args: argparse.Namespace) -> int:
+    """envs new NEW --from NAME [--as-of DATE]: a new env folder made from NAME's."""
+    from runner import envs
+
+    if len(args.names) != 1 or not args.source:
+        raise UsageError("envs new takes one new name and --from NAME (envs new NEW --from "
+                         "NAME [--as-of YYYY-MM-DD])")
+    [source] = _specs(_config(), [args.source])
+    folder = envs.new_env(source, args.names[0], args.as_of)
+    made = f"locked as of {args.as_of}" if args.as_of else f"with {source.name}'s lock"
+    print(f"{args.names[0]}: {folder} made from {source.name}, {made}; a post names it with "
+          f"`runner: {{env: {args.names[0]}}}` in its front matter")
+    return EXIT_OK
+
+
+def _bisect(args: argparse.Namespace) -> int:
+    """bisect POST | --from-report FILE: which release changes each post's outcome."""
+    from runner import bisect, report
+
+    if bool(args.post) == bool(args.from_report):
+        raise UsageError("bisect takes one POST, or --from-report FILE (a verify report)")
+    config = _config()
+    limits = bisect.Limits(timeout=args.timeout, seconds=args.time_limit,
+                           cache=not args.no_cache)
+    source: dict[str, object] = {}
+    if args.from_report:
+        source = bisect.read_report(Path(args.from_report))
+        results = bisect.bisect_failing(source, config, limits, args.total_time_limit)
+        if not results:
+            print(f"runner: no failed or stale post in {args.from_report}: nothing to bisect")
+    else:
+        results = [bisect.bisect_post(args.post, config, args.env, args.package, limits)]
+    for found in results:
+        _out(report.inert(found.answer) + "\n")
+        _out(report.inert(f"bisect: {found.post}: {report.bisect_cost(found)}") + "\n")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        _out(report.bisect_annotations(results))
+    if os.environ.get("GITHUB_STEP_SUMMARY") and results:
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8",
+                  errors="backslashreplace") as summary:
+            summary.write(report.bisect_summary(results))
+    if args.report:
+        Path(args.report).write_text(json.dumps(
+            {**source, "bisect": report.bisect_json(results)}, indent=2) + "\n",
+            encoding="utf-8")
+    return EXIT_OK if all(found.found for found in results) else EXIT_FAILED
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -276,11 +331,39 @@ def _parser() -> argparse.ArgumentParser:
     kernels.add_argument("action", choices=("install",), metavar="install")
     kernels.add_argument("names", nargs="*", metavar="NAME")
     env = _command(commands, "envs", _envs, "list, build or lock the pinned environments")
-    env.add_argument("action", nargs="?", choices=("list", "build", "lock"), default="list",
-                     metavar="list|build|lock")
+    env.add_argument("action", nargs="?", choices=("list", "build", "lock", "new"),
+                     default="list", metavar="list|build|lock|new")
     env.add_argument("names", nargs="*", metavar="NAME")
     env.add_argument("--upgrade", action="store_true", help="lock: take the newest releases")
+    env.add_argument("--as-of", type=_date_arg, metavar="YYYY-MM-DD",
+                     help="lock, new: only the releases that existed that day (UTC)")
+    env.add_argument("--from", dest="source", metavar="NAME",
+                     help="new: the env whose requirements.in the new env starts from")
+    _bisect_options(_command(commands, "bisect", _bisect,
+                             "find the release that changes a post's outcome"))
     return parser
+
+
+def _bisect_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("post", nargs="?", metavar="POST", help="the post to bisect")
+    parser.add_argument("--env", metavar="NAME",
+                        help="the env to bisect (default: the one the post runs in)")
+    parser.add_argument("--package", action="append", default=[], metavar="NAME",
+                        help="bisect this package's releases only (repeatable; default: every "
+                             "package a fresh resolution moves, one at a time)")
+    parser.add_argument("--from-report", metavar="FILE",
+                        help="bisect each failed or stale post of this JSON report (the canary)")
+    parser.add_argument("--time-limit", type=_positive(float), metavar="SECONDS",
+                        help="per post: stop trying candidates after this long")
+    parser.add_argument("--total-time-limit", type=_positive(float), metavar="SECONDS",
+                        help="with --from-report: for all the posts together")
+    parser.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="seconds per snippet (default: [tool.runner] timeout, else 300)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run every candidate; do not read the execution cache")
+    parser.add_argument("--report", metavar="FILE",
+                        help="write the JSON report here (with --from-report: that report, "
+                             "and a `bisect` entry added)")
 
 
 def _command(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -303,6 +386,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",
                         help="run only the K-th of N slices of the posts")
+    parser.add_argument("--durations", metavar="FILE",
+                        help="with --shard: balance the slices by the snippet durations in "
+                             "this JSON report of an earlier run (--report, report merge)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter a post declares (runner:parameters); "
                              "the post's output is then not compared or written")
@@ -315,6 +401,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--require-sandbox", action="store_true",
                         help="exit 2 where kernels cannot be sandboxed (bubblewrap), instead "
                              "of running them with limits only")
+    parser.add_argument("--ignore-stamps", action="store_true",
+                        help="verify: judge snippets and output only; a post whose only "
+                             "difference is its verified_by stamp (after a re-lock) passes, "
+                             "reported apart")
     parser.add_argument("--keep-going", action="store_true",
                         help="a failing snippet does not stop the rest of its post: every "
                              "failure is reported at its line")
@@ -334,6 +424,17 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _date_arg(text: str) -> date:
+    from datetime import date as day
+
+    try:
+        if len(text) == 10 and text[4] == text[7] == "-":
+            return day.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be a date like 2022-12-01, not {text!r}")
 
 
 def _shard_arg(text: str) -> tuple[int, int]:

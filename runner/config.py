@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,11 @@ class Config:
 def normalize_dist(name: str) -> str:
     """PEP 503 normalization: `Scikit_Learn` -> `scikit-learn`."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(text: str) -> dict[str, str]:
+    """A lock's pins: normalized distribution name -> version."""
+    return {normalize_dist(name): version for name, version in _PIN.findall(text)}
 
 
 def find_root(start: Path) -> Path:
@@ -171,20 +176,28 @@ def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Pat
     if not isinstance(kernel_env, dict) or not all(isinstance(v, str) for v in kernel_env.values()):
         raise UsageError(f"[tool.runner.env.{folder.name}] kernel-env must map names to strings",
                          pyproject)
-    data = lock.read_bytes()
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    digest = hashlib.sha256(data + f"\npython={python}".encode()).hexdigest()
-    return EnvSpec(
+    return with_lock(EnvSpec(
         name=folder.name,
         folder=folder,
-        lock_hash=digest,
-        distributions=frozenset(normalize_dist(m) for m, _ in _PIN.findall(data.decode())),
-        pins=tuple(sorted((normalize_dist(m), v) for m, v in _PIN.findall(data.decode()))),
+        lock_hash="",
+        distributions=frozenset(),
         kernel_env=tuple(sorted(kernel_env.items())),
         preload=_preload(settings, folder.name, pyproject),
         memory_mb=_limit(settings, table, "memory-limit-mb", DEFAULT_MEMORY_MB, pyproject),
         processes=_limit(settings, table, "process-limit", DEFAULT_PROCESSES, pyproject),
-    )
+    ), folder)
+
+
+def with_lock(spec: EnvSpec, folder: Path) -> EnvSpec:
+    """The env with the lock in `folder` (its requirements.lock): the same name and kernel
+    settings, that lock's hash, distributions and pins (`bisect` runs a post in such envs)."""
+    text = (folder / "requirements.lock").read_bytes()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pins = _PIN.findall(text.decode())
+    return replace(spec, folder=folder,
+                   lock_hash=hashlib.sha256(text + f"\npython={python}".encode()).hexdigest(),
+                   distributions=frozenset(normalize_dist(m) for m, _ in pins),
+                   pins=tuple(sorted((normalize_dist(m), v) for m, v in pins)))
 
 
 def _limit(settings: dict[str, Any], table: dict[str, Any], key: str, default: int,

@@ -11,18 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
-from filelock import FileLock
-
-from runner.errors import EnvError
+from runner.config import lock_pins
+from runner.errors import EnvError, UsageError
 from runner.model import EnvSpec
 
 CACHE_VARIABLE = "RUNNER_CACHE_DIR"
@@ -92,6 +94,8 @@ def build(spec: EnvSpec, say: Callable[[str], None] = print) -> BuiltEnv:
 
 def _build(built: BuiltEnv, say: Callable[[str], None]) -> BuiltEnv:
     spec = built.spec
+    from filelock import FileLock  # here: listing or checking envs needs no lock
+
     built.prefix.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(built.prefix) + ".lock"):
         if is_built(spec):  # another run built it while we waited
@@ -199,20 +203,155 @@ LOCK_PLATFORM = "x86_64-unknown-linux-gnu"  # what the project's locks target: C
 _LOCK_COMMAND = "#    uv pip compile "  # the line of a lock's header that says how it was made
 
 
-def compile_lock(spec_folder: Path, upgrade: bool = False) -> bool:
+def compile_lock(spec_folder: Path, upgrade: bool = False, as_of: date | None = None) -> bool:
     """requirements.in -> requirements.lock with exact versions and hashes (uv pip compile);
     whether the lock's bytes changed.
 
     A lock is made again with the options its header says it was made with (target Python and
     platform among them), and uv prefers the pins already in it: with an unchanged
     requirements.in the lock stays byte for byte, so its hash, its built env and the posts'
-    `verified_by` stamps stay too. Only `upgrade`, or a changed requirements.in, moves pins."""
+    `verified_by` stamps stay too. Only `upgrade`, or a changed requirements.in, moves pins.
+
+    `as_of`: the newest releases uploaded by the end of that day (UTC), as if locked then
+    (uv's `--exclude-newer`, recorded in the header, so later re-locks keep the date). Every
+    pin must then have a wheel for the target Python, else the lock is left as it was and an
+    `EnvError` names the release that has none."""
     lock = spec_folder / "requirements.lock"
     before = _contents(lock)
-    args = lock_options(before) or _new_lock_options()
-    _run([_uv_bin(), "pip", "compile", *args, "--quiet", *(["--upgrade"] if upgrade else [])],
-         spec_folder.name, spec_folder)
+    return _compile(spec_folder, lock_options(before) or _new_lock_options(), upgrade, as_of,
+                    before)
+
+
+def _compile(folder: Path, args: list[str], upgrade: bool, as_of: date | None,
+             before: bytes) -> bool:
+    lock = folder / "requirements.lock"
+    if as_of is not None:
+        args = [*without_option(args, EXCLUDE_NEWER), EXCLUDE_NEWER, exclude_newer(as_of)]
+    _run([_uv_bin(), "pip", "compile", *args, "--quiet",
+          *(["--upgrade"] if upgrade or as_of else [])], folder.name, folder)
+    if as_of is not None and (problem := missing_wheels(lock, args)):
+        if before:
+            lock.write_bytes(before)
+        else:
+            lock.unlink(missing_ok=True)
+        raise EnvError(f"environment '{folder.name}' as of {as_of}: {problem}; the lock is "
+                       "left as it was", folder)
     return _contents(lock) != before
+
+
+EXCLUDE_NEWER = "--exclude-newer"
+
+
+def exclude_newer(as_of: date) -> str:
+    """uv's `--exclude-newer` for "the releases that existed that day": its end, in UTC (the
+    same on every machine, whatever its time zone)."""
+    return f"{as_of.isoformat()}T23:59:59Z"
+
+
+def without_option(args: list[str], option: str) -> list[str]:
+    """`args` less `option VALUE` and `option=VALUE`."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def option_value(args: list[str], option: str) -> str | None:
+    for flag, value in zip(args, [*args[1:], ""], strict=True):
+        if flag == option:
+            return value
+        if flag.startswith(option + "="):
+            return flag.split("=", 1)[1]
+    return None
+
+
+def missing_wheels(lock: Path, args: list[str]) -> str | None:
+    """None when every pin of the lock has a wheel for the lock's target (its Python version
+    and platform), else which has none, in one phrase. Only uv's resolver is asked (`--no-deps
+    --only-binary :all:` on the exact pins): nothing is downloaded but metadata."""
+    pins = [f"{name}=={version}" for name, version in lock_pins(_contents(lock).decode()).items()]
+    python = option_value(args, "--python-version")
+    target = [*(["--python-version", python] if python else []),
+              *(["--python-platform", p] if (p := option_value(args, "--python-platform")) else [])]
+    with tempfile.TemporaryDirectory(prefix="runner-wheels-") as folder:
+        wanted = Path(folder) / "pins.txt"
+        wanted.write_text("\n".join(pins) + "\n")
+        done = subprocess.run([_uv_bin(), "pip", "compile", str(wanted), "--no-deps",
+                               "--only-binary", ":all:", "--no-header", "--quiet",
+                               "-o", os.devnull, *target], capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    return no_wheel_message(done.stderr, python or running_python())
+
+
+def running_python() -> str:
+    """`3.11`: the Python envs are built with (the runner's own)."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+_NO_WHEEL = re.compile(r"([A-Za-z0-9][\w.-]*)==(\S+?) has no (?:usable )?wheels")
+_WHEELS_FOR = re.compile(r"wheels for `([^`]+)` \(v([^)]+)\)")
+
+
+def no_wheel_message(uv_stderr: str, python: str) -> str:
+    """uv's refusal of `--only-binary` as one phrase: which release has no wheel for which
+    Python, and what to do (else uv's last line)."""
+    found = _NO_WHEEL.search(uv_stderr) or _WHEELS_FOR.search(uv_stderr)
+    if found is None:
+        lines = [line.strip() for line in uv_stderr.splitlines() if line.strip()]
+        return f"a release has no wheel for Python {python} ({lines[-1] if lines else 'uv'})"
+    name, version = found[1], found[2]
+    return (f"{name} {version} has no wheel for Python {python} (only a source distribution, "
+            f"which building the env would have to compile): choose a later date, or pin a "
+            f"newer {name} in requirements.in")
+
+
+def new_env(source: EnvSpec, name: str, as_of: date | None = None) -> Path:
+    """`envs new NAME --from SOURCE [--as-of DATE]`: a new env folder beside SOURCE's, with its
+    requirements.in, and SOURCE's lock (no date) or one made as of the date, with the options
+    SOURCE's lock was made with. Nothing is left behind when the lock cannot be made."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UsageError(f"'{name}' cannot name an environment: letters, digits, '.', '_', '-'")
+    folder = source.folder.parent / name
+    if folder.exists():
+        raise UsageError(f"environment '{name}' exists already ({folder})")
+    folder.mkdir()
+    try:
+        shutil.copyfile(source.folder / "requirements.in", folder / "requirements.in")
+        if as_of is None:
+            shutil.copyfile(source.lock, folder / "requirements.lock")
+        else:
+            options = lock_options(_contents(source.lock)) or _new_lock_options()
+            _compile(folder, options, True, as_of, b"")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_candidate(folder: Path, source: EnvSpec, pin: str | None = None) -> None:
+    """A lock in `folder` for `bisect`: SOURCE's requirements.in resolved with SOURCE's lock
+    options (no date), either fresh (`pin` None: the newest releases) or with `pin`
+    (`numpy==1.24.0`) and SOURCE's pins preferred where they fit. The pinned package must
+    have a wheel for the target: an old release is never compiled from source."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.folder / "requirements.in", folder / "requirements.in")
+    args = without_option(lock_options(_contents(source.lock)) or _new_lock_options(),
+                          EXCLUDE_NEWER)
+    if pin is None:
+        _run([_uv_bin(), "pip", "compile", *args, "--quiet", "--upgrade"], source.name, folder)
+        return
+    shutil.copyfile(source.lock, folder / "requirements.lock")  # its pins are preferred
+    (folder / "bisect-pin.txt").write_text(pin + "\n")
+    package = pin.split("==")[0]
+    _run([_uv_bin(), "pip", "compile", *args, "-c", "bisect-pin.txt", "--only-binary", package,
+          "--quiet"], source.name, folder)
 
 
 def _contents(lock: Path) -> bytes:
@@ -240,8 +379,7 @@ def _writes_lock(args: list[str]) -> bool:
 
 
 def _new_lock_options() -> list[str]:
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return ["requirements.in", "--generate-hashes", "--python-version", python,
+    return ["requirements.in", "--generate-hashes", "--python-version", running_python(),
             "--python-platform", LOCK_PLATFORM, "-o", "requirements.lock"]
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The exit codes of the contract: all passed; a snippet failed, a post is stale or unreadable;
+# the command itself was wrong.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
 
 class RunnerError(Exception):
     """Base of every error the runner raises on purpose."""

@@ -28,6 +28,7 @@ from queue import Empty
 from typing import IO, Any
 
 import zmq
+import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async
@@ -35,12 +36,13 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode, from_dict
 
+from runner.cache import files_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv
-from runner.markdown import POST_SUFFIXES
 from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
 from runner.portable import Places, portable
+from runner.warm import ForkProvisioner
 from runner.writeback import ANSI
 
 _CELL_FILE = re.compile(r" \([^()]*\.py, line \d+\)$")
@@ -151,11 +153,16 @@ async def kernels_stopped() -> None:
 
 
 async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
-                      deadline: Deadline | None = None) -> tuple[SnippetResult, ...]:
+                      deadline: Deadline | None = None,
+                      turn: contextlib.AbstractAsyncContextManager[Any] | None = None,
+                      ) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     Then the kernel is stopped and its scratch folder removed: before this returns, or with
-    `setup.stop_in_background` in a task, so the next session need not wait for it."""
+    `setup.stop_in_background` in a task, so the next session need not wait for it. With
+    `turn` (a semaphore of the run's jobs), the kernel starts at once and its cells wait for
+    their turn: the next session's kernel gets ready while this one's cells run."""
     results: list[SnippetResult] = []
+    clock = _Clock()
     # The session's folder: all a sandboxed kernel sees of the run (its scratch folder, its
     # connection file and sockets), removed with the session.
     folder = Path(tempfile.mkdtemp(prefix="runner-session-", dir=setup.workspace))
@@ -171,12 +178,19 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         notebook = session_notebook(session)
         client = _client(notebook, env, setup, sockets)
         variables = _variables(session, env, setup, folder)
+        client.clock = clock.lap("prepare")
         async with client.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
-            places = await _start(client, session, env, notebook, scratch, sockets / "crash",
-                                  setup.output)
-            live = _Live(client, session, places, sockets / "crash", setup.timeout, deadline)
-            await _run_cells(live, notebook, results)
+            clock.lap("handshake")
+            async with turn or contextlib.nullcontext():
+                clock.lap("turn")
+                places = await _start(client, session, env, notebook, scratch,
+                                      sockets / "crash", setup.output)
+                clock.lap("setup request")
+                live = _Live(client, session, places, sockets / "crash", setup.timeout,
+                             deadline)
+                await _run_cells(live, notebook, results)
+                clock.lap("cells")
     except Exception as exc:  # the kernel would not start, or died between cells
         log.seek(0)
         tail = " / ".join(log.read().strip().splitlines()[-3:])
@@ -190,7 +204,34 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         task.add_done_callback(_stopping.discard)
         if not setup.stop_in_background:
             await task
+        clock.lap("stop")
+        clock.write(session)
     return tuple(results)
+
+
+class _Clock:
+    """Where a session's time goes (RUNNER_PROFILE=FILE: one JSON line per session, appended;
+    the bench prints their means): laps named by the phase that just ended."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> _Clock:
+        now = time.monotonic()
+        if os.environ.get("RUNNER_TRACE"):
+            with open(os.environ["RUNNER_TRACE"], "a") as o:
+                o.write(f"runner {name} {time.time():.4f}\n")
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+        return self
+
+    def write(self, session: Session) -> None:
+        path = os.environ.get("RUNNER_PROFILE")
+        if path:
+            with contextlib.suppress(OSError), open(path, "a") as out:
+                out.write(json.dumps({"post": session.post, "env": session.env,
+                                      **self.laps}) + "\n")
 
 
 def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
@@ -205,23 +246,6 @@ def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
     if setup.sandbox:
         variables["TMPDIR"] = "/tmp"  # the host's TMPDIR is not in the sandbox
     return variables
-
-
-BESIDE_MAX_BYTES = 10 * 2**20
-
-
-def files_beside(folder: Path) -> list[Path]:
-    """The files beside a post that its snippets see (data it reads: a CSV, a JSON): not posts,
-    folders, hidden or large files."""
-    found = []
-    with contextlib.suppress(OSError):
-        for path in sorted(folder.iterdir()):
-            with contextlib.suppress(OSError):
-                if (path.is_file() and not path.name.startswith(".")
-                        and path.suffix not in POST_SUFFIXES
-                        and path.stat().st_size <= BESIDE_MAX_BYTES):
-                    found.append(path)
-    return found
 
 
 def copy_beside(folder: Path, scratch: Path) -> None:
@@ -239,7 +263,7 @@ async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
             await client._async_cleanup_kernel()
     finally:
         log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
 
 @dataclass
@@ -497,7 +521,10 @@ def _client(notebook: NotebookNode, env: BuiltEnv, setup: KernelSetup,
             sockets: Path) -> _Client:
     specs = KernelSpecManager(kernel_dirs=[str(setup.kernels_dir or env.kernels_dir)],
                               ensure_native_kernel=False)
-    manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs)
+    manager = AsyncKernelManager(kernel_name=env.kernel_name, kernel_spec_manager=specs,
+                                 context=_zmq_context())
+    manager.provisioner = ForkProvisioner(kernel_id="", kernel_spec=manager.kernel_spec,
+                                          parent=manager)
     # Unix sockets, not TCP: a kernel without network (its own empty network namespace) can
     # still talk to the runner, and nothing else on the machine can talk to the kernel.
     manager.transport = "ipc"
@@ -514,6 +541,17 @@ def _client(notebook: NotebookNode, env: BuiltEnv, setup: KernelSetup,
                    allow_errors=True, record_timing=False, startup_timeout=120,
                    shutdown_kernel="immediate", raise_on_iopub_timeout=True,
                    iopub_timeout=IOPUB_TIMEOUT)
+
+
+_CONTEXT: list[zmq.asyncio.Context] = []
+
+
+def _zmq_context() -> zmq.asyncio.Context:
+    """One ZMQ context for the kernel managers of all of the runner's kernels (each manager
+    would make one, and start and stop its I/O thread, per session)."""
+    if not _CONTEXT:
+        _CONTEXT.append(zmq.asyncio.Context())
+    return _CONTEXT[0]
 
 
 class _Client(NotebookClient):
@@ -533,6 +571,7 @@ class _Client(NotebookClient):
         super().__init__(notebook, **kwargs)
         self.output_limits = limits
         self.budget = _Budget(limits)
+        self.clock = _Clock()
 
     def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                cell_index: int) -> NotebookNode | None:
@@ -564,6 +603,7 @@ class _Client(NotebookClient):
             self.km = self.create_kernel_manager()
         if not self.km.has_kernel:
             await self.async_start_new_kernel(**kwargs)
+            self.clock.lap("launch")
         if self.kc is None:
             await self.async_start_new_kernel_client()
         try:
@@ -575,11 +615,16 @@ class _Client(NotebookClient):
     async def async_start_new_kernel_client(self) -> Any:
         assert self.km is not None
         self.kc = self.km.client()
-        # No high-water mark on the runner's side: ZMQ's I/O thread takes every message the
-        # kernel sends as it comes (a kernel's PUB socket drops messages, silently, once 1000
-        # wait for a slow reader: a flood of display() calls lost some every run).
+        # Its own context, as jupyter_client makes it (iopub on the shared one lost messages
+        # of a display() flood under load). No high-water mark on the runner's side: ZMQ's
+        # I/O thread takes every message the kernel sends as it comes (a kernel's PUB socket
+        # drops messages, silently, once 1000 wait for a slow reader). A socket connected
+        # before its kernel has bound retries after 5 ms, not ZMQ's 100 ms: the handshake
+        # waits on it. No stdin (input() fails at once) and no heartbeat thread: the kernel's
+        # process tells whether it is alive.
         self.kc.context.setsockopt(zmq.RCVHWM, 0)
-        self.kc.start_channels()
+        self.kc.context.setsockopt(zmq.RECONNECT_IVL, 5)
+        self.kc.start_channels(stdin=False, hb=False)
         try:
             await asyncio.wait_for(self._until_ready(), self.startup_timeout)
         except BaseException:

@@ -16,15 +16,23 @@ own process group), and a watchdog ends it and everything it started when the la
 however it dies.
 """
 
+import os
+import sys
+
+# Run as a script, this file's folder (the runner package) would come first on the kernels'
+# sys.path: `runner/bisect.py` would stand in for the standard library's bisect, and a snippet
+# could import the runner's own modules. Gone before anything else is imported.
+if __name__ == "__main__" and sys.path and (
+        os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__))):
+    del sys.path[0]
+
 import contextlib
 import importlib
 import json
-import os
 import resource
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
@@ -35,7 +43,9 @@ from typing import Any
 KERNEL_MODULES = (
     "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.debugger",
     "IPython", "IPython.core.completer", "debugpy", "sqlite3", "tornado.ioloop", "psutil", "pdb",
-    "pydoc",
+    "pydoc", "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect",
+    "IPython.extensions.storemagic", "IPython.utils.wildcard", "tornado.platform.asyncio",
+    "faulthandler",
 )
 
 
@@ -285,10 +295,11 @@ def _check(result: int, what: str) -> None:
 CGROUP_CONTROLLERS = ("memory", "pids")
 
 
-def make_cgroups(limits: dict[str, Any]) -> list[int]:
-    """Outside the sandbox (the launcher): a memory and a pids cgroup for this kernel where they
-    can be made (cgroup v1 hierarchies, or v2 with the controller enabled), each as an open
-    `cgroup.procs` for the kernel's side to join. Memory counts shared mappings and tmpfs."""
+def make_cgroups(limits: dict[str, Any], name: str | None = None) -> list[int]:
+    """Outside the sandbox (the launcher, or the runner): a memory and a pids cgroup for this
+    kernel where they can be made (cgroup v1 hierarchies, or v2 with the controller enabled),
+    each as an open `cgroup.procs` for the kernel's side to join. Memory counts shared mappings
+    and tmpfs. `name` tells the kernel apart (default: this process's pid)."""
     fds = []
     for controller, key, files in (
             ("memory", "memory_mb", ("memory.max", "memory.limit_in_bytes")),
@@ -297,7 +308,7 @@ def make_cgroups(limits: dict[str, Any]) -> list[int]:
         root = cgroup_root(controller)
         if not value or root is None:
             continue
-        group = os.path.join(root, f"runner-kernel-{os.getpid()}")
+        group = os.path.join(root, f"runner-kernel-{name or os.getpid()}")
         with contextlib.suppress(OSError):
             os.makedirs(group, exist_ok=True)
             written = False

@@ -251,6 +251,11 @@ def _number(values: dict[str, str], key: str, path: str, line: int) -> float | N
     return number
 
 
+# libyaml's parser where PyYAML was built with it (20 times faster: it counts at 1000 posts),
+# with the same safe constructor.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     """YAML between a first line `---` and the next `---` or `...` line, and the body's start."""
     end = _front_matter_end(lines)
@@ -259,7 +264,7 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     if end == 0:
         return {}, 0
     try:
-        data = yaml.safe_load("".join(_strip_end(x) + "\n" for x in lines[1:end]))
+        data = yaml.load("".join(_strip_end(x) + "\n" for x in lines[1:end]), _YAML_LOADER)
     except yaml.YAMLError as exc:
         # Where the broken construct began (an unclosed quote's opening) beats where it broke.
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)

@@ -23,8 +23,6 @@ import shlex
 import sys
 from collections.abc import Mapping
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from runner.config import normalize_dist
 from runner.errors import PlanError
 from runner.model import EnvSpec, Post, Session, Snippet
@@ -187,6 +185,8 @@ def _install_failures(snippet: Snippet, env: EnvSpec) -> dict[int, tuple[str, st
 
 
 def _unsatisfied(wanted: str, pins: Mapping[str, str], env: EnvSpec) -> str | None:
+    from packaging.requirements import InvalidRequirement, Requirement  # install lines only
+
     where = f"{env.folder / 'requirements.in'}"
     try:
         requirement = Requirement(wanted)

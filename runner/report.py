@@ -6,6 +6,8 @@ line that a CI runner reads as a command, and in XML it is always well formed.""
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -13,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from runner.errors import UsageError
+from runner.atomic import read_regular
+from runner.errors import EXIT_FAILED, EXIT_OK, UsageError
 from runner.model import SnippetResult
 from runner.posts import Fresh
 
 PostStatus = Literal["passed", "failed", "stale", "error"]
 POST_STATUSES: tuple[PostStatus, ...] = ("passed", "failed", "stale", "error")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STALE = "recorded output is stale: run `nox -s update-posts`"
 
 
@@ -56,6 +58,8 @@ class PostOutcome:
     parameters: tuple[tuple[str, str], ...] = ()  # overridden for this run: not compared
     snippets: tuple[SnippetResult, ...] = ()  # in post order
     fresh: Fresh | None = None  # text and figures as rendered from this run's output
+    stamp_stale: bool = False  # passed, but its `verified_by` stamp is not this run's locks'
+    # (verify with ignore_stamp: a re-lock changed a lock hash, no output changed)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,9 @@ def post_line(post: PostOutcome) -> str:
     if post.parameters:
         shown = ", ".join(f"{n}={v}" for n, v in post.parameters)
         return one_line(f"{post.path}: {post.status} (parameters {shown}: output not compared)")
+    if post.stamp_stale:
+        return one_line(f"{post.path}: {post.status} (output unchanged; only its verified_by "
+                        "stamp names other locks)")
     return one_line(f"{post.path}: {post.status}" + (" (output written)" if post.written else ""))
 
 
@@ -180,6 +187,8 @@ def _post_json(post: PostOutcome) -> dict[str, Any]:
                             "error_line": post.error_line}
     if post.parameters:  # only on runs that override parameters
         data["parameters"] = dict(post.parameters)
+    if post.stamp_stale:  # only on runs that ignore stamps (--ignore-stamps)
+        data["stamp_stale"] = True
     return data
 
 
@@ -304,9 +313,95 @@ def merge_files(paths: Sequence[Path]) -> dict[str, Any]:
                          getattr(exc, "filename", None)) from exc
 
 
+MAX_REPORT_BYTES = 256 * 2**20  # a report read back for its durations
+
+
+def post_key(path: str | Path) -> str:
+    """A post's path as durations are matched: absolute from the current folder, normalised,
+    `/`-separated; so `posts/x.md`, `./posts/x.md` and its absolute path are one post."""
+    return Path(os.path.abspath(path)).as_posix()
+
+
+def read_durations(path: Path) -> dict[tuple[str, int], float]:
+    """(post, fence line) -> seconds, from the JSON report of an earlier run (one shard's or
+    one merged by `report merge`), for `--shard` to balance by time. A snippet that did not
+    run (skipped) is left out: its cost is unknown, not 0. A cached snippet counts: its
+    `duration_s` is the one measured when its result was stored. Raises OSError, or
+    ValueError when the file is not such a report."""
+    data = json.loads(read_regular(path, MAX_REPORT_BYTES).decode("utf-8"))
+    durations: dict[tuple[str, int], float] = {}
+    try:
+        for snippet in data["snippets"]:
+            seconds = float(snippet["duration_s"])
+            if snippet["status"] != "skipped" and 0 <= seconds < math.inf:
+                durations[post_key(snippet["post"]), int(snippet["line"])] = seconds
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a JSON report of the runner ({type(exc).__name__}: {exc})") from exc
+    return durations
+
+
 def merged_exit_code(merged: dict[str, Any]) -> int:
     return exit_code([p["status"] for p in merged["posts"]],
                      [s["status"] for s in merged["snippets"]])
+
+
+# --- bisect ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bisected:
+    """What `bisect` found for one post: the first release from which its outcome is the
+    newer one (`found`), or why there is none; and what finding it cost."""
+
+    post: str
+    env: str
+    answer: str  # the one line a maintainer acts on
+    found: bool = False
+    package: str | None = None
+    good: str | None = None  # the last release with the older outcome ("1.23.5")
+    bad: str | None = None  # the first release with the newer outcome ("1.24.0")
+    good_outcome: str | None = None  # passed, failed or stale ("prints other output")
+    bad_outcome: str | None = None
+    error: dict[str, Any] | None = None  # the newer outcome's failure: type, message, post_line
+    line: int | None = None  # the post line to annotate
+    envs_built: int = 0  # candidate envs built by uv for this bisect
+    envs_reused: int = 0  # found built in the env cache
+    seconds: float = 0.0
+    skipped: tuple[tuple[str, str], ...] = ()  # (candidate, why it could not be tried)
+
+
+def bisect_json(results: Sequence[Bisected]) -> list[dict[str, Any]]:
+    """The JSON report's `bisect` entries (added): one per post bisected."""
+    return [{"post": b.post, "env": b.env, "found": b.found, "package": b.package,
+             "good": b.good, "bad": b.bad, "good_outcome": b.good_outcome,
+             "bad_outcome": b.bad_outcome, "error": b.error, "line": b.line,
+             "answer": b.answer, "envs_built": b.envs_built, "envs_reused": b.envs_reused,
+             "seconds": round(b.seconds, 1),
+             "skipped": [{"candidate": c, "reason": r} for c, r in b.skipped]}
+            for b in results]
+
+
+def bisect_cost(b: Bisected) -> str:
+    """`3 envs built, 2 reused, 41.2 s`."""
+    return f"{_plural(b.envs_built, 'env')} built, {b.envs_reused} reused, {b.seconds:.1f} s"
+
+
+def bisect_annotations(results: Sequence[Bisected]) -> str:
+    """One `::error` per post whose culprit was found, at the failing line; a `::warning` at
+    the post's first line where none was."""
+    lines = [_annotation(b.post, b.line or 1, f"bisect: {b.answer}") if b.found
+             else _annotation(b.post, b.line or 1, f"bisect: {b.answer}").replace(
+                 "::error ", "::warning ", 1)
+             for b in results]
+    return "".join(line + "\n" for line in lines)
+
+
+def bisect_summary(results: Sequence[Bisected]) -> str:
+    """Markdown for $GITHUB_STEP_SUMMARY: which release broke each post, and the cost."""
+    rows = [f"| `{_cell(b.post)}` | {_cell(b.answer)} | {_cell(bisect_cost(b))} |"
+            for b in results]
+    return "\n".join(["## Which release changed each post (bisect)", "",
+                      "| post | answer | cost |", "|---|---|---|", *rows, ""]) + "\n"
 
 
 # --- GitHub Actions ----------------------------------------------------------------------------
@@ -345,7 +440,8 @@ def _escape(text: str, also: str = "") -> str:
 
 def step_summary(run: Run) -> str:
     """A Markdown summary for $GITHUB_STEP_SUMMARY: totals, then a row per post."""
-    rows = [f"| `{_cell(p.path)}` | {p.status} | {_cell(p.error or '')} |" for p in run.posts]
+    rows = [f"| `{_cell(p.path)}` | {p.status}{' (stamp only)' if p.stamp_stale else ''} | "
+            f"{_cell(p.error or '')} |" for p in run.posts]
     failures = [f"- `{text}`" for r in run.snippets if (text := snippet_line(r))
                 and r.status == "failed"]
     return "\n".join([

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import heapq
 import os
 import re
 import signal
@@ -21,29 +22,30 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from runner import cache, compare, envs, images, markdown, parameters, plan, posts, sandbox
+from runner import cache, compare, envs, images, markdown, parameters, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
-from runner.execute import (
-    Deadline,
-    KernelSetup,
-    OutputLimits,
-    files_beside,
-    kernel_env,
-    kernels_stopped,
-)
-from runner.execute import run_session as _run_session
 from runner.model import EnvSpec, ErrorInfo, ErrorKind, Output, Post, Session, SnippetResult
-from runner.report import PostOutcome, Run
-from runner.warm import ForkServers, network_isolation
-from runner.writeback import RenderOptions, output_block, snippet_figure_links, stamp_value
+from runner.report import PostOutcome, Run, post_key
+from runner.writeback import (
+    RenderOptions,
+    output_block,
+    snippet_figure_links,
+    stamp,
+    stamp_value,
+)
+
+if TYPE_CHECKING:
+    from runner.warm import ForkServers
 
 Mode = Literal["verify", "update"]
+SESSION_START_S = 0.2  # a kernel's start and stop, in no snippet's duration (for shards)
+POST_S = 0.01  # reading, planning and settling a post (for shards)
 NO_SANDBOX = "RUNNER_NO_SANDBOX"  # set: kernels run with limits only (to measure the sandbox)
 OnPostDone = Callable[[PostOutcome, int, int], None]  # (outcome, posts done, posts in the run)
 
@@ -60,10 +62,13 @@ class Options:
     deadline: float | None = None  # seconds for the whole run
     params: tuple[tuple[str, str], ...] = ()  # parameter overrides, (NAME, python literal)
     shard: tuple[int, int] | None = None  # (K, N): run only the K-th of N slices
+    durations: Path | None = None  # an earlier run's JSON report: shards balanced by time
     check_determinism: bool = False  # run every session twice; differing output fails
     passenv: tuple[str, ...] = ()  # more variables kernels may see, beyond [tool.runner]'s
     require_sandbox: bool = False  # no sandbox for kernels here: a UsageError, not a warning
     keep_going: bool = False  # a failing snippet does not stop its session
+    ignore_stamp: bool = False  # verify: a post whose only difference is its `verified_by`
+    # stamp (a re-lock changed a lock hash) passes, reported as `stamp_stale`
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,15 @@ class Planned:
         """What a shard balances: the post's runnable snippets (and the post itself)."""
         return 1 + sum(s.markers.skip is None for session in self.sessions
                        for s in session.snippets)
+
+    def seconds(self, durations: Mapping[tuple[str, int], float], average: float) -> float:
+        """What a shard balances by time: each session's start, and each runnable snippet's
+        duration in `durations` (keyed by `report.post_key` and fence line), else `average`."""
+        key = post_key(self.path)
+        return POST_S + sum(
+            SESSION_START_S + sum(durations.get((key, s.line), average)
+                                  for s in session.snippets if s.markers.skip is None)
+            for session in self.sessions)
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,8 @@ async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | Non
     started = time.monotonic()
     config = config or load(Path.cwd())
     options = options or Options()
-    planned = shard(read_and_plan(post_paths(paths, config), config, options), options.shard)
+    planned = shard(read_and_plan(post_paths(paths, config), config, options), options.shard,
+                    shard_durations(options))
     jobs = look_up_cache(planned, config, options)
     built = await build_envs(jobs, config)
     tally = _Tally(planned, jobs, config, options, on_post_done)
@@ -148,20 +163,44 @@ def _plan_one(path: Path, config: Config, overrides: dict[str, str],
     return Planned(path, post, sessions)
 
 
-def shard(planned: list[Planned], part: tuple[int, int] | None) -> list[Planned]:
-    """Shard K/N: a deterministic, size-balanced slice. A post's sessions stay together (its
+def shard_durations(options: Options) -> dict[tuple[str, int], float] | None:
+    """The snippet durations of `options.durations` (an earlier run's JSON report) when this
+    run is a shard; a file that cannot be read is one warning, and shards by snippet count."""
+    if options.shard is None or options.durations is None:
+        return None
+    try:
+        return report.read_durations(options.durations)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        say(f"cannot read durations from {options.durations}: {why}; shards balanced by "
+            "snippet count")
+        return None
+
+
+def shard(planned: list[Planned], part: tuple[int, int] | None,
+          durations: Mapping[tuple[str, int], float] | None = None) -> list[Planned]:
+    """Shard K/N: a deterministic, balanced slice. A post's sessions stay together (its
     staleness needs all of them); posts, heaviest first (then by path), each go to the
-    lightest of N shards, so N machines of a CI matrix get about the same work."""
+    lightest of N shards (longest processing time first, as pytest-split's least_duration), so
+    N machines of a CI matrix get about the same work. Heavy means, with `durations` (an
+    earlier run's, `report.read_durations`), the seconds its snippets took then, a snippet
+    not in them taking the average of those that are (`Planned.seconds`); without, the number
+    of its snippets (`Planned.weight`)."""
     if part is None:
         return planned
     k, n = part
-    loads = [0] * n
-    chosen: dict[int, int] = {}
-    for item in sorted(planned, key=lambda i: (-i.weight, str(i.path))):
-        target = min(range(n), key=lambda index: (loads[index], index))
-        loads[target] += item.weight
-        chosen[id(item)] = target
-    return [item for item in planned if chosen[id(item)] == k - 1]
+    if durations is None:
+        costs = [float(item.weight) for item in planned]
+    else:
+        average = sum(durations.values()) / len(durations) if durations else 1.0
+        costs = [item.seconds(durations, average) for item in planned]
+    loads = [(0.0, index) for index in range(n)]  # a heap: the lightest shard first
+    chosen = [0] * len(planned)
+    for i in sorted(range(len(planned)), key=lambda i: (-costs[i], str(planned[i].path), i)):
+        load, target = heapq.heappop(loads)
+        heapq.heappush(loads, (load + costs[i], target))
+        chosen[i] = target
+    return [item for item, target in zip(planned, chosen, strict=True) if target == k - 1]
 
 
 def look_up_cache(planned: list[Planned], config: Config, options: Options) -> list[Job]:
@@ -173,7 +212,7 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options) -> l
     for index, item in enumerate(planned):
         folder = item.path.parent
         if item.sessions and folder not in beside:
-            beside[folder] = cache.digest(files_beside(folder))
+            beside[folder] = cache.digest(cache.files_beside(folder))
         for session in item.sessions:
             key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
                                     beside[folder])
@@ -202,7 +241,14 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
     jobs = [job for job in jobs if job.hit is None]
     if not jobs:  # all cached (or nothing to run): no run folder, no servers, no sandbox probe
         return
-    limit = asyncio.Semaphore(options.jobs)
+    # Kernels are imported only now (jupyter_client, nbclient, zmq: a fifth of a second), so a
+    # run that the cache answers whole stays instant.
+    from runner.execute import Deadline, KernelSetup, OutputLimits, kernel_env, kernels_stopped
+    from runner.execute import run_session as _run_session
+
+    # `jobs` kernels run cells; one more gets ready meanwhile (launch, handshake), so a
+    # session's start overlaps the cells before it.
+    alive, turn = asyncio.Semaphore(options.jobs + 1), asyncio.Semaphore(options.jobs)
     deadline = (Deadline(time.monotonic() + options.deadline, options.deadline)
                 if options.deadline else None)
     servers = _start_servers(jobs, built, config, options)
@@ -219,13 +265,14 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
         if isinstance(env, EnvError):
             done(job, _all_failed(job.session, ErrorKind.ENV, env.message))
             return
-        async with limit:
+        async with alive:
             if deadline is not None and time.monotonic() >= deadline.at:
                 results = _all_failed(job.session, ErrorKind.DEADLINE, f"the run's deadline of "
                                       f"{deadline.seconds:g} s passed before this ran")
             else:
                 await servers.ready(job.session.env)
-                results = await _run_session(job.session, env, setups[env.spec.name], deadline)
+                results = await _run_session(job.session, env, setups[env.spec.name], deadline,
+                                             turn)
         if not options.check_determinism:
             cache.store(config.cache_dir, job.key, results, say)
         done(job, results)
@@ -285,7 +332,7 @@ class _Tally:
         if post is not None:
             results = [explain_split(post, self.planned[index].sessions, r) for r in results]
         outcome = settle(self.planned[index], tuple(results), self.config, self.options.mode,
-                         self._render_options())
+                         self._render_options(), ignore_stamp=self.options.ignore_stamp)
         self.settled[index] = outcome
         if self.on_post_done is not None:
             self.on_post_done(outcome, len(self.settled), len(self.planned))
@@ -299,11 +346,13 @@ class _Tally:
 
 
 def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mode: Mode,
-           options: RenderOptions) -> PostOutcome:
+           options: RenderOptions, ignore_stamp: bool = False) -> PostOutcome:
     """A post's outcome from its results: failed, or compared with a fresh rendering (verify)
     and written when it differs (update). A post whose bytes on disk are no longer those
     parsed at the start is an error, never passed nor stale: its results may not be its
-    own (update: `posts.replace` refuses to write it, under its lock)."""
+    own (update: `posts.replace` refuses to write it, under its lock). `ignore_stamp` (verify):
+    the recorded post is compared as if it had the fresh stamp; a stamp that differs is
+    `stamp_stale`, not stale."""
     path = str(item.path)
     if item.error is not None or item.post is None:
         error = item.error or PostError("not parsed", path)
@@ -316,14 +365,18 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
                 or PostOutcome(path, "passed", parameters=given, snippets=results))
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
                                   if r.status == "passed"}
-    fresh = posts.freshen(item.path, item.post, outputs,
-                          stamp_value(item.sessions, config.envs), options)
-    done = PostOutcome(path, "passed", snippets=results, fresh=fresh)
-    if not fresh.differs(item.post.text):
+    verified_by = stamp_value(item.sessions, config.envs)
+    fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
+    recorded = item.post.text
+    if ignore_stamp and mode == "verify":
+        recorded = stamp(item.post.text, verified_by)  # as if it had the fresh stamp
+    done = PostOutcome(path, "passed", snippets=results, fresh=fresh,
+                       stamp_stale=recorded != item.post.text)
+    if not fresh.differs(recorded):
         return _changed_on_disk(item.path, item.post.text, results) or done
     if mode == "verify":
         stale = replace(done, status="stale",
-                        diff=unified_diff(path, item.post.text, fresh.text) + fresh.notes())
+                        diff=unified_diff(path, recorded, fresh.text) + fresh.notes())
         return _changed_on_disk(item.path, item.post.text, results) or stale
     try:
         posts.write_fresh(item.path, item.post.text, fresh)
@@ -416,6 +469,9 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
                    config: Config, options: Options) -> ForkServers:
     """This run's kernelspecs; with `warm`, a fork server for each env that two or more
     sessions use (a single session gains nothing from one)."""
+    from runner.execute import kernel_env
+    from runner.warm import ForkServers, network_isolation
+
     servers = ForkServers()
     ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
     if ready:
@@ -437,6 +493,8 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
 def _sandbox(env: envs.BuiltEnv, servers: ForkServers, options: Options) -> str | None:
     """bubblewrap, where a sandbox can be made here; else one line saying so (or, with
     `require_sandbox`, a UsageError)."""
+    from runner import sandbox
+
     found = (sandbox.Sandbox(None, "RUNNER_NO_SANDBOX is set") if os.environ.get(NO_SANDBOX)
              else sandbox.probe(env, servers.folder))
     if found.bwrap is None:

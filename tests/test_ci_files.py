@@ -142,6 +142,7 @@ def test_verify_job_runs_its_shard_and_uploads_both_reports_always(
     command = _command(job, "nox", "-s", "verify-posts", shard=shard)
     args = command[command.index("--") + 1:]
     assert args == ["--require-sandbox", "--shard", f"{shard}/{len(SHARDS)}",
+                    "--durations", "report.json",
                     "--report", f"report-{shard}.json", "--junit-xml", f"junit-{shard}.xml"]
     [upload] = _steps_using(job, "actions/upload-artifact")
     assert upload["if"] == "always()", "reports of a failing run are the ones needed"
@@ -169,6 +170,61 @@ def test_report_job_merges_every_shard_report_always(workflow: dict) -> None:
     assert uploads[0]["if"] == "always()"
 
 
+def _only_step(job: dict[str, Any], action: str, path: str) -> tuple[int, dict[str, Any]]:
+    """The index and the step of the job's one step that uses `action` for `path`."""
+    found = [(n, step) for n, step in enumerate(job["steps"])
+             if step.get("uses", "").split("@")[0] == action and step["with"]["path"] == path]
+    assert len(found) == 1, f"expected one {action} step, found {found}"
+    return found[0]
+
+
+def _step_running(job: dict[str, Any], *prefix: str) -> int:
+    """The index of the job's step that runs a command starting with `prefix`."""
+    return next(n for n, step in enumerate(job["steps"])
+                if any(c[:len(prefix)] == list(prefix) for c in _commands({"steps": [step]})))
+
+
+def test_shards_balance_by_the_durations_of_the_last_merged_report(workflow: dict) -> None:
+    """As pytest-split users keep `.test_durations`: the report job saves the merged report
+    under a key unique to the run; the verify job restores the newest one by prefix, before
+    the run that reads it."""
+    verify, job = workflow["jobs"]["verify"], workflow["jobs"]["report"]
+    at, restore = _only_step(verify, "actions/cache/restore", "report.json")
+    saved_at, save = _only_step(job, "actions/cache/save", "report.json")
+    run_at = _step_running(verify, "nox", "-s", "verify-posts")
+    merged_at = _step_running(job, "python", "-m", "runner", "report", "merge")
+    assert at < run_at and merged_at < saved_at
+    command = _command(verify, "nox", "-s", "verify-posts", shard=1)
+    given = command[command.index("--durations") + 1]
+    merged = _command(job, "python", "-m", "runner", "report", "merge")
+    assert restore["with"]["path"] == save["with"]["path"] == given == merged[-1]
+    [prefix] = [k.strip() for k in restore["with"]["restore-keys"].splitlines() if k.strip()]
+    assert save["with"]["key"] == restore["with"]["key"]
+    assert save["with"]["key"].startswith(prefix) and prefix.endswith("-")
+    unique = save["with"]["key"].removeprefix(prefix)
+    assert "github.run_id" in unique and "github.run_attempt" in unique, "one entry per run"
+    assert "always()" in save["if"] and "hashFiles('report.json')" in save["if"]
+    assert given not in _expand(_steps_using(verify, "actions/upload-artifact")[0]["with"]
+                                ["path"], 1).split(), "each shard uploads its own report only"
+
+
+def test_each_shard_restores_every_shards_results_before_its_own_cache(workflow: dict) -> None:
+    """A post that moved to the other shard (balanced by time) is still a cache hit."""
+    job = workflow["jobs"]["verify"]
+    own = _cache(job, ".runner-cache")
+    restores = [(n, s["with"]) for n, s in enumerate(job["steps"])
+                if s.get("uses", "").split("@")[0] == "actions/cache/restore"
+                and s["with"]["path"] == ".runner-cache"]
+    own_at = next(n for n, s in enumerate(job["steps"]) if s.get("with") is own)
+    assert [n < own_at for n, _ in restores] == [True] * len(SHARDS)
+    for shard, (_, restore) in zip(SHARDS, restores, strict=True):
+        saved = re.sub(r"\$\{\{\s*matrix\.shard\s*\}\}", str(shard), own["key"])
+        assert restore["key"] == saved  # the key that shard saves under
+        prefix = saved.split("${{ hashFiles")[0]
+        assert prefix.endswith(f"-shard{shard}-")
+        assert [k.strip() for k in restore["restore-keys"].splitlines() if k.strip()] == [prefix]
+
+
 @pytest.mark.parametrize("job_name", ["verify", "canary"])
 def test_jobs_that_run_posts_install_bubblewrap_and_lift_ubuntus_userns_restriction(
         workflow: dict, job_name: str) -> None:
@@ -187,7 +243,8 @@ def test_canary_relocks_to_newest_releases_and_verifies_without_cache(workflow: 
     assert job["continue-on-error"] is True
     commands = _commands(job)
     lock = ["python", "-m", "runner", "envs", "lock", "--upgrade"]  # no NAME: every env
-    verify = ["nox", "-s", "verify-posts", "--", "--no-cache", "--require-sandbox"]
+    verify = ["nox", "-s", "verify-posts", "--", "--no-cache", "--require-sandbox",
+              "--ignore-stamps", "--report", "canary.json"]
     assert lock in commands and verify in commands
     assert commands.index(lock) < commands.index(verify), "verify runs on the upgraded locks"
     install = _command(job, "pip", "install", "nox")
@@ -196,6 +253,35 @@ def test_canary_relocks_to_newest_releases_and_verifies_without_cache(workflow: 
     assert not any(c[:2] in (["git", "commit"], ["git", "push"]) for c in commands)
     assert not _steps_using(job, "actions/cache")
     assert not _steps_using(job, "actions/cache/save")
+
+
+def test_canary_bisects_failing_posts_against_the_pinned_locks_within_limits(
+        workflow: dict) -> None:
+    """Stamps are ignored (a re-lock changes every lock hash); a post that still fails is
+    bisected from the verify report, after the pinned locks are put back, in bounded time."""
+    job = workflow["jobs"]["canary"]
+    steps = job["steps"]
+    verify_at = next(n for n, s in enumerate(steps) if s.get("id") == "verify")
+    assert "nox -s verify-posts" in steps[verify_at]["run"]
+    [bisect_at] = [n for n, s in enumerate(steps) if "runner bisect" in s.get("run", "")]
+    step = steps[bisect_at]
+    assert bisect_at > verify_at
+    assert step["if"].replace(" ", "") == "failure()&&steps.verify.outcome=='failure'"
+    assert 0 < step["timeout-minutes"] <= 60
+    commands = _commands({"steps": [step]})
+    restore, bisect = commands
+    assert restore == ["git", "checkout", "--", "envs/"], "bisect starts from the pinned locks"
+    report = _command(job, "nox", "-s", "verify-posts")
+    assert bisect[:5] == ["python", "-m", "runner", "bisect", "--from-report"]
+    assert bisect[5] == report[report.index("--report") + 1]
+    per_post = float(bisect[bisect.index("--time-limit") + 1])
+    total = float(bisect[bisect.index("--total-time-limit") + 1])
+    assert 0 < per_post <= total <= step["timeout-minutes"] * 60
+    [upload] = _steps_using(job, "actions/upload-artifact")
+    assert upload["if"] == "always()"
+    assert set(upload["with"]["path"].split()) == {bisect[5], bisect[bisect.index("--report") + 1]}
+    help_text = run_cli("bisect", "--help").stdout
+    assert {o for o in _options(bisect) if o not in help_text} == set()
 
 
 def test_every_option_the_workflow_passes_exists(workflow: dict) -> None:

@@ -252,7 +252,7 @@ def test_envs_lock_says_whether_the_lock_changed(
     from runner.cli import main
 
     monkeypatch.chdir(tiny_project(tmp_path, "iniconfig\n"))
-    monkeypatch.setattr(envs, "compile_lock", lambda folder, upgrade: upgrade)
+    monkeypatch.setattr(envs, "compile_lock", lambda folder, upgrade, as_of=None: upgrade)
     assert main(["envs", "lock", "tiny"]) == 0
     assert capsys.readouterr().out.endswith("requirements.lock unchanged\n")
     assert main(["envs", "lock", "tiny", "--upgrade"]) == 0

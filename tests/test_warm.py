@@ -103,9 +103,23 @@ def test_launcher_falls_back_to_a_plain_kernel_without_a_server(built, project) 
     pool.start(env, kernel_env(env))
     os.killpg(pool._servers["sklearn"].pid, 9)
     pool._servers["sklearn"].wait()
-    [[result]] = run(pool, built, project, "print('still runs')")
-    assert result.status == "passed" and result.output.stdout == "still runs\n"
+    [[result]] = run(pool, built, project, "print('still runs')\n" + HIDDEN_RUNNER)
+    assert result.status == "passed" and result.output.stdout == "still runs\nTrue True\n"
     pool.close()
+
+
+# The runner's own folder is not on a kernel's sys.path (forkserver.py runs as a script from
+# it): the standard library's bisect is the one imported, and the runner's modules are not.
+HIDDEN_RUNNER = ("import bisect, importlib.util, sys\n"
+                 "print(bisect.__file__.startswith(sys.base_prefix), "
+                 "importlib.util.find_spec('warm') is None)")
+
+
+@pytest.mark.kernel
+def test_a_forked_kernel_sees_the_standard_library_not_the_runner(servers, built,  # type: ignore[no-untyped-def]
+                                                                   project) -> None:
+    [[result]] = run(servers, built, project, HIDDEN_RUNNER)
+    assert result.status == "passed" and result.output.stdout == "True True\n", result
 
 
 def _alive(pid: int) -> bool:
