@@ -443,7 +443,9 @@ def linearity(figures: dict[str, Any]) -> dict[str, float]:
     the cold run by the slope of its last step against its first (the runner's start-up and
     the fork server's are paid once), every stage by its time per post."""
     rows, stage_rows = figures["scale"], figures["stages"]
-    sizes = sorted(rows)
+    sizes = sorted(n for n in rows if not math.isnan(rows[n]["cold/2"]))  # runs that failed: out
+    if len(sizes) < 2:
+        return {"fewer than two sizes measured": math.nan}
     cold = [rows[n]["cold/2"] for n in sizes]
     if len(sizes) >= 3:
         first = (cold[1] - cold[0]) / (sizes[1] - sizes[0])

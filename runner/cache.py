@@ -26,9 +26,10 @@ from typing import Any, Literal
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
 from runner.markdown import POST_SUFFIXES
-from runner.model import EnvSpec, Output, Part, Session, SnippetResult
+from runner.model import EnvSpec, Output, Part, Session, Snippet, SnippetResult
+from runner.portable import anchored, unanchored
 
-FORMAT = 1
+FORMAT = 2  # 2: output names the post's lines by snippet (portable.anchored)
 MAX_ENTRY_BYTES = 64 * 2**20  # an entry larger than this is a miss (and is removed)
 LOCK_SECONDS = 10.0  # waiting longer for an entry's lock: the results are not stored
 
@@ -90,7 +91,7 @@ def load(folder: Path, key: str, session: Session,
         data = json.loads(read_regular(path, MAX_ENTRY_BYTES, follow_symlinks=False))
         if data["key"] != key or len(data["snippets"]) != len(session.snippets):
             raise ValueError("entry does not match its key")
-        return tuple(_result(snippet, session.env, item)
+        return tuple(_result(snippet, session.env, item, session.snippets)
                      for snippet, item in zip(session.snippets, data["snippets"], strict=True))
     except FileNotFoundError:
         return None
@@ -111,7 +112,8 @@ def store(folder: Path, key: str, results: Sequence[SnippetResult],
     from filelock import FileLock, Timeout  # here: a run the cache answers never stores
 
     path = _entry(folder, key)
-    data = json.dumps({"key": key, "snippets": [_item(r) for r in results]})
+    snippets = [r.snippet for r in results]
+    data = json.dumps({"key": key, "snippets": [_item(r, snippets) for r in results]})
     try:
         _make_room(path.parent, folder=True)
         with FileLock(str(path) + ".lock", timeout=LOCK_SECONDS):
@@ -149,22 +151,31 @@ def _entry(folder: Path, key: str) -> Path:
     return folder / key[:2] / f"{key}.json"
 
 
-def _item(result: SnippetResult) -> dict[str, Any]:
+def _item(result: SnippetResult, snippets: Sequence[Snippet]) -> dict[str, Any]:
     output = result.output
+
+    def text(value: str) -> str:
+        return anchored(value, snippets)
+
     return {
         "status": result.status, "reason": result.reason, "duration_s": result.duration_s,
-        "stdout": output.stdout, "stderr": output.stderr,
-        "parts": [{"kind": p.kind, "text": p.text, "html": p.html,
+        "stdout": text(output.stdout), "stderr": text(output.stderr),
+        "parts": [{"kind": p.kind, "text": text(p.text), "html": p.html,
                    "png": base64.b64encode(p.png).decode()} for p in output.parts],
     }
 
 
-def _result(snippet: Any, env: str, item: dict[str, Any]) -> SnippetResult:
+def _result(snippet: Any, env: str, item: dict[str, Any],
+            snippets: Sequence[Snippet]) -> SnippetResult:
     if item["status"] not in ("passed", "skipped"):
         raise ValueError(f"status {item['status']!r} is never stored")
-    parts = tuple(Part(_kind(p["kind"]), _text(p["text"]), _text(p["html"]),
+
+    def text(value: object) -> str:
+        return unanchored(_text(value), snippets)
+
+    parts = tuple(Part(_kind(p["kind"]), text(p["text"]), _text(p["html"]),
                        base64.b64decode(_text(p["png"]), validate=True)) for p in item["parts"])
-    output = Output(_text(item["stdout"]), _text(item["stderr"]), parts)
+    output = Output(text(item["stdout"]), text(item["stderr"]), parts)
     reason = item["reason"] if item["reason"] is None else _text(item["reason"])
     result = SnippetResult(snippet, env, item["status"], output, reason=reason,
                            duration_s=float(item["duration_s"]))

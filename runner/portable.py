@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from runner.model import Output, Snippet
 
 # Where a path ends: not inside a longer name (`/root` must not match `/rootfs`).
 _END = r"(?=[/\s'\":,;)\]}>]|$)"
@@ -87,3 +90,56 @@ def _replacements(places: Places) -> list[tuple[str, str]]:
               (places.tmp, "<tmp>")]
     return sorted(((path, shown) for path, shown in pairs if len(path.strip("/")) > 1),
                   key=lambda pair: -len(pair[0]))
+
+
+def moved(output: Output, post: str, delta: int) -> Output:
+    """`output` with the post's lines it names (`POST:N`, `File "POST", line N`) moved down by
+    `delta`: the lines a post gains above every snippet when it is first stamped, so that what
+    it records names the lines it will have."""
+    if not delta:
+        return output
+
+    def move(text: str) -> str:
+        name = r"(?<![\w./-])" + re.escape(post)
+        text = re.sub(name + r":(\d+)", lambda m: f"{post}:{int(m[1]) + delta}", text)
+        return re.sub(r'File "' + re.escape(post) + r'", line (\d+)',
+                      lambda m: f'File "{post}", line {int(m[1]) + delta}', text)
+
+    return Output(move(output.stdout), move(output.stderr),
+                  tuple(replace(part, text=move(part.text)) for part in output.parts))
+
+
+# How stored output (the execution cache) names the post and its lines: by the snippet of the
+# session and the line within it, so output replayed after prose above moved a snippet, or for
+# a post of another name, names the lines and the post as they are now.
+_STORED_POST, _STORED_LINE = "\x00post\x00", re.compile(r"\x00line (\d+) (\d+)\x00")
+
+
+def anchored(text: str, snippets: Sequence[Snippet]) -> str:
+    """`text` with the post (`POST:N`, `File "POST", line N`) and each line of a snippet named
+    by its place in `snippets` (a session's, in order)."""
+    if not snippets or snippets[0].path not in text:
+        return text
+    post = snippets[0].path
+    spans = [(s.line, s.line + s.code.count("\n") + 1) for s in snippets]
+
+    def line(number: int) -> str:
+        for index, (fence, last) in enumerate(spans):
+            if fence < number <= last:
+                return f"\x00line {index} {number - fence}\x00"
+        return str(number)
+
+    name = r"(?<![\w./-])" + re.escape(post)
+    text = re.sub(name + r":(\d+)", lambda m: f"{_STORED_POST}:{line(int(m[1]))}", text)
+    return re.sub(r'File "' + re.escape(post) + r'", line (\d+)',
+                  lambda m: f'File "{_STORED_POST}", line {line(int(m[1]))}', text)
+
+
+def unanchored(text: str, snippets: Sequence[Snippet]) -> str:
+    """`anchored`, undone with the snippets' lines and post as they are now."""
+    if "\x00" not in text or not snippets:
+        return text
+    text = _STORED_LINE.sub(
+        lambda m: str(snippets[int(m[1])].line + int(m[2])) if int(m[1]) < len(snippets)
+        else m[2], text)
+    return text.replace(_STORED_POST, snippets[0].path)

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Literal
 from runner import cache, compare, envs, images, markdown, parameters, plan, posts, report
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
+from runner.markdown import split_lines
 from runner.model import EnvSpec, ErrorInfo, ErrorKind, Output, Post, Session, SnippetResult
+from runner.portable import moved
 from runner.report import PostOutcome, Run, post_key
 from runner.writeback import (
     RenderOptions,
@@ -366,6 +368,11 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
                                   if r.status == "passed"}
     verified_by = stamp_value(item.sessions, config.envs)
+    gained = len(split_lines(stamp(item.post.text, verified_by))) - len(
+        split_lines(item.post.text))
+    if gained:  # a first stamp: every snippet moves down, and the lines its output names
+        outputs = {line: moved(output, item.sessions[0].post, gained)
+                   for line, output in outputs.items()}
     fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
     recorded = item.post.text
     if ignore_stamp and mode == "verify":

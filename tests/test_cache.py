@@ -52,6 +52,23 @@ def test_store_and_load_round_trip(tmp_path: Path) -> None:
     assert all(r.cached for r in loaded)
 
 
+def test_stored_output_names_lines_as_the_post_has_them_when_replayed(tmp_path: Path) -> None:
+    """A warning at the post's line 3 (snippet 1, its line 2) is replayed, after prose moved the
+    snippets down two lines and the post was renamed, as the new post's line 5; a line no
+    snippet holds keeps its number."""
+    s = session()
+    said = "p.md:3: UserWarning: careful\n  File \"p.md\", line 3, in <module>\np.md:99: x\n"
+    results = [SnippetResult(s.snippets[0], "sklearn", "passed", Output("", said)),
+               SnippetResult(s.snippets[1], "sklearn", "passed", Output("p.md:7: late\n"))]
+    cache.store(tmp_path, "ab" + "1" * 62, results)
+    moved = plan(parse("q.md", "Prose.\n\n" + POST), {"sklearn": ENV})[0]
+    loaded = cache.load(tmp_path, "ab" + "1" * 62, moved, warn=pytest.fail)
+    assert loaded is not None
+    assert loaded[0].output.stderr == said.replace("p.md:3", "q.md:5").replace(
+        '"p.md", line 3', '"q.md", line 5').replace("p.md:99", "q.md:99")
+    assert loaded[1].output.stdout == "q.md:9: late\n"
+
+
 def test_failed_session_is_not_stored(tmp_path: Path) -> None:
     s = session()
     results = [SnippetResult(s.snippets[0], "sklearn", "passed"),

@@ -95,3 +95,42 @@ def test_what_one_machine_records_another_verifies(tmp_path: Path) -> None:
     verified = subprocess.run([*run, "verify", "--no-cache"], cwd=second, env=second_env,
                               capture_output=True, text=True, timeout=1200)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+FIRST_STAMP = """---
+title: A first stamp
+---
+
+```python runner:env=sklearn
+import warnings
+warnings.warn("careful")
+```
+"""
+
+
+@pytest.mark.kernel
+def test_a_first_stamp_moves_the_lines_the_output_names(tmp_path: Path, project) -> None:  # type: ignore[no-untyped-def]
+    """The stamp a post gains on its first update is a line above every snippet: the warning
+    recorded names the line `warnings.warn` has once written (8, not 7), so a run without the
+    cache verifies what the first update wrote."""
+    from dataclasses import replace
+
+    from runner.run import Options, run_posts
+
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "x.md"
+    post.write_text(FIRST_STAMP)
+    assert run_posts([post], config, Options(mode="update")).exit_code == 0
+    text = post.read_text()
+    line = text.splitlines().index('warnings.warn("careful")') + 1
+    assert line == 8 and f"{post}:{line}: UserWarning: careful" in text, text
+    again = run_posts([post], config, Options(cache=False))
+    assert again.exit_code == 0, again.posts[0].diff
+    # Prose above moves the snippet: the cache replays its output at the lines it has now.
+    post.write_text(text.replace("\n```python", "\nTwo lines\nof prose.\n\n```python", 1))
+    replayed = run_posts([post], config, Options(mode="update"))
+    assert replayed.exit_code == 0 and replayed.snippets[0].cached
+    moved = post.read_text()
+    assert f"{post}:{line + 3}: UserWarning: careful" in moved  # three lines of prose above
+    assert moved.splitlines()[line + 2] == 'warnings.warn("careful")'
+    assert run_posts([post], config, Options(cache=False)).exit_code == 0
