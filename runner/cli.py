@@ -169,7 +169,7 @@ def _envs(args: argparse.Namespace) -> int:
         return _envs_new(args)
     if args.source or (args.as_of and args.action != "lock"):
         raise UsageError("--from is for `envs new`, --as-of for `envs lock` and `envs new`")
-    specs = _specs(_config(), args.names)
+    specs = _specs(_config(locked=args.action != "lock"), args.names)
     if args.action == "lock":
         for spec in specs:
             changed = envs.compile_lock(spec.folder, upgrade=args.upgrade, as_of=args.as_of)
@@ -253,10 +253,10 @@ def _each(done: Sequence[object | RunnerError], template: str) -> int:
     return status
 
 
-def _config() -> Config:
+def _config(locked: bool = True) -> Config:
     from runner.config import load
 
-    return load(Path.cwd())
+    return load(Path.cwd(), locked)
 
 
 def _specs(config: Config, names: list[str]) -> list[EnvSpec]:

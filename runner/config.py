@@ -72,7 +72,9 @@ def find_root(start: Path) -> Path:
     raise UsageError(f"no pyproject.toml with [tool.runner] in {start} or above")
 
 
-def load(start: Path) -> Config:
+def load(start: Path, locked: bool = True) -> Config:
+    """The project's configuration. Every env needs its lock, except with `locked` False
+    (`envs lock`, which makes a first lock): an env without one then has no pins."""
     root = find_root(start)
     table = _read_toml(root / "pyproject.toml")["tool"]["runner"]
     if not isinstance(table, dict):
@@ -83,7 +85,8 @@ def load(start: Path) -> Config:
     if not isinstance(env_settings, dict):
         raise UsageError("[tool.runner.env] must be a table of environments", pyproject)
     folders = sorted(f for f in envs_dir.iterdir() if f.is_dir()) if envs_dir.is_dir() else []
-    envs = {f.name: _env_spec(f, env_settings.get(f.name, {}), table, pyproject) for f in folders}
+    envs = {f.name: _env_spec(f, env_settings.get(f.name, {}), table, pyproject, locked)
+            for f in folders}
     unknown = sorted(set(env_settings) - set(envs))
     if unknown:
         raise UsageError(f"[tool.runner.env.{unknown[0]}] names no folder in {envs_dir}", pyproject)
@@ -165,9 +168,10 @@ def _patterns(entries: Any, pyproject: Path) -> tuple[tuple[re.Pattern[str], str
     return tuple(patterns)
 
 
-def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Path) -> EnvSpec:
+def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Path,
+              locked: bool = True) -> EnvSpec:
     lock = folder / "requirements.lock"
-    if not lock.is_file():
+    if not lock.is_file() and locked:
         raise UsageError(f"environment '{folder.name}' has no requirements.lock "
                          f"(run: python -m runner envs lock {folder.name})", lock)
     if not isinstance(settings, dict):
@@ -176,7 +180,7 @@ def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Pat
     if not isinstance(kernel_env, dict) or not all(isinstance(v, str) for v in kernel_env.values()):
         raise UsageError(f"[tool.runner.env.{folder.name}] kernel-env must map names to strings",
                          pyproject)
-    return with_lock(EnvSpec(
+    spec = EnvSpec(
         name=folder.name,
         folder=folder,
         lock_hash="",
@@ -185,7 +189,8 @@ def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Pat
         preload=_preload(settings, folder.name, pyproject),
         memory_mb=_limit(settings, table, "memory-limit-mb", DEFAULT_MEMORY_MB, pyproject),
         processes=_limit(settings, table, "process-limit", DEFAULT_PROCESSES, pyproject),
-    ), folder)
+    )
+    return with_lock(spec, folder) if lock.is_file() else spec
 
 
 def with_lock(spec: EnvSpec, folder: Path) -> EnvSpec:

@@ -163,3 +163,21 @@ def test_only_upgrade_or_a_changed_requirements_in_moves_pins(
     assert "iniconfig==1.1.1 \\" in lock.read_text() and "packaging==" in lock.read_text()
     assert envs.compile_lock(tmp_path, upgrade=True) is True
     assert "iniconfig==1.1.1" not in lock.read_text()
+
+
+@pytest.mark.registry
+def test_envs_lock_makes_a_first_lock_that_other_commands_asked_for(
+        registry: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.cli import main
+
+    (tmp_path / "envs" / "fresh").mkdir(parents=True)
+    (tmp_path / "envs" / "fresh" / "requirements.in").write_text("iniconfig\n")
+    (tmp_path / "pyproject.toml").write_text("[tool.runner]\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify"]) == 2
+    assert "run: python -m runner envs lock fresh" in capsys.readouterr().err
+    assert main(["envs", "lock", "fresh"]) == 0
+    lock = (tmp_path / "envs" / "fresh" / "requirements.lock").read_text()
+    assert "iniconfig==" in lock and "--python-platform " + envs.LOCK_PLATFORM in lock
+    assert "updated" in capsys.readouterr().out
