@@ -35,6 +35,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # What an IPython kernel imports while it starts: imported here, a forked kernel is ready in
@@ -124,13 +125,15 @@ def _fork_kernel(server: socket.socket, connection: socket.socket,
         os._exit(1)
 
 
-def apply_rlimits(limits: dict[str, Any]) -> None:
+def apply_rlimits(limits: dict[str, Any], joined: Sequence[str] = ()) -> None:
     """Memory as RLIMIT_DATA (heap and private mappings; a cgroup, where one was joined, counts
-    shared memory and tmpfs too) and processes as RLIMIT_NPROC."""
+    shared memory and tmpfs too) and processes as RLIMIT_NPROC, unless a pids cgroup was
+    `joined`: RLIMIT_NPROC counts every process and thread of the user in the env's sandbox,
+    so it would bound all of the env's kernels together, not this one."""
     if limits.get("memory_mb"):
         size = int(limits["memory_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (size, size))
-    if limits.get("processes"):
+    if limits.get("processes") and "pids" not in joined and not limits.get("pids_joined"):
         count = int(limits["processes"])
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
@@ -143,8 +146,7 @@ def apply_limits() -> None:
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
     if limits.get("network") is False:
         without_network()
-    join_cgroups(make_cgroups(limits))
-    apply_rlimits(limits)
+    apply_rlimits(limits, join_cgroups(make_cgroups(limits)))
 
 
 # --- the sandbox of one session (inside bubblewrap's; see runner/sandbox.py) ---------------------
@@ -295,12 +297,12 @@ def _check(result: int, what: str) -> None:
 CGROUP_CONTROLLERS = ("memory", "pids")
 
 
-def make_cgroups(limits: dict[str, Any], name: str | None = None) -> list[int]:
+def make_cgroups(limits: dict[str, Any], name: str | None = None) -> dict[str, int]:
     """Outside the sandbox (the launcher, or the runner): a memory and a pids cgroup for this
     kernel where they can be made (cgroup v1 hierarchies, or v2 with the controller enabled),
     each as an open `cgroup.procs` for the kernel's side to join. Memory counts shared mappings
     and tmpfs. `name` tells the kernel apart (default: this process's pid)."""
-    fds = []
+    fds = {}
     for controller, key, files in (
             ("memory", "memory_mb", ("memory.max", "memory.limit_in_bytes")),
             ("pids", "processes", ("pids.max",))):
@@ -312,24 +314,26 @@ def make_cgroups(limits: dict[str, Any], name: str | None = None) -> list[int]:
         with contextlib.suppress(OSError):
             os.makedirs(group, exist_ok=True)
             written = False
-            for name in files:
-                with contextlib.suppress(OSError), open(os.path.join(group, name), "w") as out:
+            for setting in files:
+                with contextlib.suppress(OSError), open(os.path.join(group, setting),
+                                                        "w") as out:
                     out.write(str(value * 2**20 if controller == "memory" else value))
                     written = True
             if written:
-                fds.append(os.open(os.path.join(group, "cgroup.procs"), os.O_WRONLY))
+                fds[controller] = os.open(os.path.join(group, "cgroup.procs"), os.O_WRONLY)
     return fds
 
 
-def join_cgroups(fds: list[int]) -> list[str]:
-    """Move this process (and so all it starts) into the cgroups opened by the launcher."""
+def join_cgroups(fds: dict[str, int]) -> list[str]:
+    """Move this process (and so all it starts) into the cgroups opened outside (controller ->
+    its open `cgroup.procs`); the controllers joined."""
     joined = []
-    for fd in fds:
+    for controller, fd in fds.items():
         with contextlib.suppress(OSError):
             os.write(fd, b"0")
-            joined.append(fd)
+            joined.append(controller)
         os.close(fd)
-    return [str(fd) for fd in joined]
+    return joined
 
 
 def cgroup_root(controller: str) -> str | None:
@@ -373,7 +377,10 @@ def plain(argv: list[str], sandbox: str | None = None) -> None:
     file `sandbox`), which runs `session` inside. Without: it ends its process group (itself
     and whatever it started) when the runner is gone."""
     if sandbox is not None:
-        join_cgroups(make_cgroups(json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))))
+        limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+        joined = join_cgroups(make_cgroups(limits))
+        os.environ["RUNNER_KERNEL_LIMITS"] = json.dumps({**limits,
+                                                         "pids_joined": "pids" in joined})
         with open(sandbox) as args_file:
             args = json.load(args_file)
         os.execv(args[0], [*args, "session", *argv])
@@ -400,9 +407,9 @@ def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.update(request["env"])
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
     if limits.get("sandbox"):
-        join_cgroups(fds[3:])
+        joined = join_cgroups(dict(zip(request.get("cgroups", []), fds[3:], strict=False)))
         enter_session(limits)  # returns in the kernel: pid 2 of a namespace of its own
-        apply_rlimits(limits)
+        apply_rlimits(limits, joined)
     else:  # no sandbox here: the limits of old, and a watch on the launcher
         apply_limits()
         threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
@@ -432,22 +439,22 @@ def _watch(parent: int) -> None:
 
 def launch(path: str, argv: list[str], sandbox: str | None = None) -> None:
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
-    cgroups = make_cgroups(limits) if sandbox is not None else []
+    cgroups = make_cgroups(limits) if sandbox is not None else {}
     try:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(path)
         request = {"cwd": os.getcwd(), "env": dict(os.environ), "argv": argv,
-                   "launcher": os.getpid()}
-        socket.send_fds(client, [b"R"], [0, 1, 2, *cgroups])
+                   "launcher": os.getpid(), "cgroups": list(cgroups)}
+        socket.send_fds(client, [b"R"], [0, 1, 2, *cgroups.values()])
         client.sendall(json.dumps(request).encode() + b"\n")
         reader = client.makefile("r")
         pid = json.loads(reader.readline())["pid"]
     except (OSError, ValueError, KeyError):  # no server: a kernel from scratch, same limits
-        for fd in cgroups:
+        for fd in cgroups.values():
             os.close(fd)
         plain(argv, sandbox)
         return
-    for fd in cgroups:
+    for fd in cgroups.values():
         os.close(fd)
     if sandbox is None:  # in the sandbox, interrupts come as messages; the server sees us go
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):

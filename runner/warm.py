@@ -176,7 +176,7 @@ class ForkProvisioner(LocalProvisioner):
         env = kwargs.get("env") or dict(os.environ)
         limits = json.loads(env.get("RUNNER_KERNEL_LIMITS", "{}"))
         cgroups = (forkserver.make_cgroups(limits, f"{os.getpid()}-{next(_KERNELS)}")
-                   if sandbox_file is not None else [])
+                   if sandbox_file is not None else {})
         try:
             kernel = await _ask_server(socket_path, kwargs, env, argv, cgroups,
                                        sandboxed=sandbox_file is not None)
@@ -185,7 +185,7 @@ class ForkProvisioner(LocalProvisioner):
                      *argv]
             return await super().launch_kernel(plain, **kwargs)
         finally:
-            for fd in cgroups:
+            for fd in cgroups.values():
                 os.close(fd)
         self.process = kernel  # type: ignore[assignment]  # Popen-like, see ForkedKernel
         self.pid, self.pgid = kernel.pid, None
@@ -197,7 +197,8 @@ _KERNELS = itertools.count(1)
 
 
 async def _ask_server(socket_path: str, kwargs: Mapping[str, Any], env: Mapping[str, str],
-                      argv: list[str], cgroups: list[int], sandboxed: bool) -> ForkedKernel:
+                      argv: list[str], cgroups: dict[str, int],
+                      sandboxed: bool) -> ForkedKernel:
     loop = asyncio.get_running_loop()
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.setblocking(False)
@@ -205,9 +206,9 @@ async def _ask_server(socket_path: str, kwargs: Mapping[str, Any], env: Mapping[
         await loop.sock_connect(connection, socket_path)
         with open(os.devnull, "rb") as stdin:
             fds = [stdin.fileno(), *(_fd(kwargs.get(name)) for name in ("stdout", "stderr"))]
-            socket.send_fds(connection, [b"R"], [*fds, *cgroups])
+            socket.send_fds(connection, [b"R"], [*fds, *cgroups.values()])
         request = {"cwd": str(kwargs.get("cwd") or os.getcwd()), "env": dict(env),
-                   "argv": argv, "launcher": os.getpid()}
+                   "argv": argv, "launcher": os.getpid(), "cgroups": list(cgroups)}
         await loop.sock_sendall(connection, json.dumps(request).encode() + b"\n")
         kernel = ForkedKernel(connection, sandboxed)
         while kernel.pid is None:

@@ -144,6 +144,32 @@ def test_sessions_forked_from_one_server_cannot_see_each_other(
 
 @pytest.mark.kernel
 @needs_sandbox
+def test_the_process_limit_is_each_kernels_own(tmp_path: Path, project: Config) -> None:
+    """Two kernels of one env at once, each with 100 threads under a limit of 150: each
+    kernel's own tree is counted (a pids cgroup of its own), not all of the env's kernels
+    together (a shared cgroup, or RLIMIT_NPROC for a user other than root: it counts the
+    user's threads in the env's sandbox); 200 threads in one kernel are past its limit."""
+    if "pids cgroup" not in sandbox.limits_line():
+        pytest.skip(f"no pids cgroup can be made here: {sandbox.limits_line()}")
+    small = replace(project, envs={**project.envs,
+                                   "sklearn": replace(project.envs["sklearn"], processes=150)})
+    code = ("```python runner:env=sklearn\nimport threading, time\n"
+            "threads = [threading.Thread(target=time.sleep, args=(3,)) for _ in range(100)]\n"
+            "for thread in threads:\n    thread.start()\n"
+            "print(threading.active_count() > 100)\n```\n")
+    for n in range(2):
+        (tmp_path / f"p{n}.md").write_text(code)
+    run = run_posts([tmp_path], small, Options(cache=False, jobs=2))
+    assert [r.output.stdout for r in run.snippets] == ["True\n", "True\n"], run.snippets
+    bomb = tmp_path / "p0.md"
+    bomb.write_text(code.replace("range(100)", "range(200)"))
+    [over] = run_posts([bomb], small, Options(cache=False)).snippets
+    assert over.status == "failed" and over.error is not None, over
+    assert over.error.type == "RuntimeError"  # can't start new thread: past its own limit
+
+
+@pytest.mark.kernel
+@needs_sandbox
 def test_shared_memory_counts_against_the_memory_limit(tmp_path: Path, project: Config) -> None:
     small = replace(project, envs={**project.envs,
                                    "sklearn": replace(project.envs["sklearn"], memory_mb=512)})
