@@ -155,19 +155,20 @@ async def kernels_stopped() -> None:
 async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
                       deadline: Deadline | None = None,
                       turn: contextlib.AbstractAsyncContextManager[Any] | None = None,
-                      ) -> tuple[SnippetResult, ...]:
+                      beside: Sequence[Path] | None = None) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     Then the kernel is stopped and its scratch folder removed: before this returns, or with
     `setup.stop_in_background` in a task, so the next session need not wait for it. With
     `turn` (a semaphore of the run's jobs), the kernel starts at once and its cells wait for
-    their turn: the next session's kernel gets ready while this one's cells run."""
+    their turn: the next session's kernel gets ready while this one's cells run. `beside`:
+    the files beside the post its kernel gets copies of (default: found now)."""
     results: list[SnippetResult] = []
     clock = _Clock()
     # The session's folder: all a sandboxed kernel sees of the run (its scratch folder, its
     # connection file and sockets), removed with the session.
     folder = Path(tempfile.mkdtemp(prefix="runner-session-", dir=setup.workspace))
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=folder))
-    copy_beside(Path(session.post).parent, scratch)
+    copy_beside(files_beside(Path(session.post).parent) if beside is None else beside, scratch)
     sockets = folder / "ipc"
     sockets.mkdir()
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
@@ -248,10 +249,10 @@ def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
     return variables
 
 
-def copy_beside(folder: Path, scratch: Path) -> None:
+def copy_beside(files: Sequence[Path], scratch: Path) -> None:
     """Copies, so a snippet finds them where its post is, and what it writes to them stays in
     its scratch folder."""
-    for path in files_beside(folder):
+    for path in files:
         with contextlib.suppress(OSError):
             shutil.copy2(path, scratch / path.name)
 

@@ -423,7 +423,37 @@ def _run_kernel(argv: list[str]) -> None:
     sys.argv = ["ipykernel_launcher", *argv]
     from ipykernel.kernelapp import IPKernelApp  # type: ignore[import-not-found]
 
-    IPKernelApp.launch_instance()
+    config = _kernel_config(argv)
+    if config is None:
+        IPKernelApp.launch_instance()
+        return
+    # traitlets' command-line parser is built from every configurable trait of every class
+    # (a third of a kernel's start); the arguments a kernel gets are read here instead, each
+    # value converted by its trait as the parser's would be (DeferredConfigString).
+    app = IPKernelApp.instance(config=config)
+    app.parse_command_line = lambda argv=None: None
+    app.initialize([])
+    app.start()
+
+
+def _kernel_config(argv: list[str]) -> Any:
+    """`-f FILE` and `--Class.trait=value` as a traitlets Config; None for anything else."""
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    config, rest = Config(), list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "-f" and rest:
+            config.IPKernelApp.connection_file = DeferredConfigString(rest.pop(0))
+            continue
+        name, equals, value = arg.removeprefix("--").partition("=")
+        owner, dot, trait = name.partition(".")
+        if not (arg.startswith("--") and equals and dot and owner.isidentifier()
+                and trait.isidentifier()):
+            return None
+        config[owner][trait] = DeferredConfigString(value)
+    return config
 
 
 def _watch(parent: int) -> None:

@@ -17,7 +17,6 @@ becomes something that is the same everywhere:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from dataclasses import dataclass, replace
 from runner.model import Output, Snippet
 
 # Where a path ends: not inside a longer name (`/root` must not match `/rootfs`).
-_END = r"(?=[/\s'\":,;)\]}>]|$)"
+_PATH_ENDS = frozenset("/ \t\n\r\f\v'\":,;)]}>")
 _CELL = re.compile(r"<tmp>/ipykernel_\d+/-?\d+\.py")
 _POST = "\x00post\x00"  # stands for the post while the places are replaced
 
@@ -50,22 +49,23 @@ def portable(text: str, places: Places) -> str:
         return text
     for filename, fence in places.cells:  # the post's own path is no place to replace
         text = _cell_lines(text, filename, _POST, fence)
-    pattern, shown = _compiled(places)
-    if pattern is not None:
-        text = pattern.sub(lambda match: shown[match.lastindex or 0], text)
+    for path, shown in _replacements(places):  # longest first
+        if path in text:
+            text = _replaced(text, path, shown)
     return _CELL.sub("<cell>", text).replace(_POST, places.post)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(places: Places) -> tuple[re.Pattern[str] | None, dict[int, str]]:
-    """One pattern for all the places (longest first), and what each group becomes."""
-    pairs = _replacements(places)
-    if not pairs:
-        return None, {}
-    alternatives = [f"({re.escape(path)}{'' if path.endswith('/') else _END})"
-                    for path, _ in pairs]
-    return re.compile("|".join(alternatives)), {n: shown for n, (_, shown) in
-                                                enumerate(pairs, 1)}
+def _replaced(text: str, path: str, shown: str) -> str:
+    """Each `path` in `text` that ends where a path may end (or ends with `/`) -> `shown`. By
+    hand, not by a pattern: each session's places are new, and compiling them cost more than
+    the rest of its output's handling."""
+    pieces, start = [], 0
+    while (found := text.find(path, start)) >= 0:
+        end = found + len(path)
+        whole = path.endswith("/") or end == len(text) or text[end] in _PATH_ENDS
+        pieces += [text[start:found], shown if whole else path]
+        start = end
+    return "".join([*pieces, text[start:]])
 
 
 def _cell_lines(text: str, filename: str, post: str, fence: int) -> str:

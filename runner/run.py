@@ -107,6 +107,7 @@ class Job:
     session: Session
     key: str
     hit: tuple[SnippetResult, ...] | None = None
+    beside: tuple[Path, ...] = ()  # the files beside the post its kernel gets copies of
 
 
 def run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
@@ -210,16 +211,17 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options) -> l
     check), the results stored for it: a hit builds no env and starts no kernel."""
     read = options.cache and not options.check_determinism
     jobs = []
-    beside: dict[Path, str] = {}
+    beside: dict[Path, tuple[tuple[Path, ...], str]] = {}  # once per folder
     for index, item in enumerate(planned):
         folder = item.path.parent
         if item.sessions and folder not in beside:
-            beside[folder] = cache.digest(cache.files_beside(folder))
+            files = tuple(cache.files_beside(folder))
+            beside[folder] = files, cache.digest(files)
         for session in item.sessions:
             key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
-                                    beside[folder])
+                                    beside[folder][1])
             hit = cache.load(config.cache_dir, key, session, say) if read else None
-            jobs.append(Job(index, session, key, hit))
+            jobs.append(Job(index, session, key, hit, beside[folder][0]))
     return jobs
 
 
@@ -274,7 +276,7 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
             else:
                 await servers.ready(job.session.env)
                 results = await _run_session(job.session, env, setups[env.spec.name], deadline,
-                                             turn)
+                                             turn, job.beside)
         if not options.check_determinism:
             cache.store(config.cache_dir, job.key, results, say)
         done(job, results)

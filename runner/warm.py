@@ -31,6 +31,9 @@ from runner import forkserver, sandbox
 from runner.envs import BuiltEnv, write_kernelspec
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
+# A session's input history lives as long as its kernel: no SQLite file made in each
+# kernel's HOME and no thread to save it (what nbclient asks of an ipykernel kernelspec).
+HISTORY_IN_MEMORY = "--HistoryManager.hist_file=:memory:"
 START_TIMEOUT = 120.0
 RUN_PREFIX = "runner-run-"
 
@@ -80,7 +83,7 @@ class ForkServers:
             sandboxed = ["--sandbox", str(sandbox.write_args(self.bwrap, env, self.folder))]
         write_kernelspec(self.kernels_dir(env.spec.name) / env.kernel_name,
                          [str(env.python), str(FORKSERVER), *command, *sandboxed,
-                          "-f", "{connection_file}"],
+                          "-f", "{connection_file}", HISTORY_IN_MEMORY],
                          display_name, interrupt_mode="message" if self.bwrap else None)
 
     def kernels_dir(self, name: str) -> Path:
