@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner import config, envs, markdown, notebooks, plan  # noqa: E402
-from runner.execute import kernel_env  # noqa: E402
+from runner.envs import kernel_env  # noqa: E402
 
 LIGHT = """\
 ```python

@@ -8,6 +8,7 @@ is marked done only once complete, so a build that was cut off is started again.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -421,3 +422,21 @@ def _uv_bin() -> str:
             raise EnvError("uv is not installed (pip install uv)") from None
         return found
     return find_uv_bin()
+
+
+# What a kernel gets of the caller's environment (tox's passenv): nothing else, so tokens and
+# keys in the shell that runs the runner never reach a snippet. [tool.runner] passenv adds.
+PASSENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM",
+           "TMPDIR", "OPENBLAS_*", "OMP_*", "MKL_*")
+
+
+def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
+    """The allowed part of the caller's environment, the env's own bin/ first on PATH, and the
+    env's kernel-env settings."""
+    allowed = (*PASSENV, *passenv)
+    variables = {name: value for name, value in os.environ.items()
+                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)}
+    variables["VIRTUAL_ENV"] = str(env.prefix)
+    variables["PATH"] = os.pathsep.join([str(env.prefix / "bin"), variables.get("PATH", "")])
+    variables.update(env.spec.kernel_env)
+    return variables

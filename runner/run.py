@@ -245,19 +245,24 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
     jobs = [job for job in jobs if job.hit is None]
     if not jobs:  # all cached (or nothing to run): no run folder, no servers, no sandbox probe
         return
+    servers = _start_servers(jobs, built, config, options)  # they import ipykernel meanwhile
     # Kernels are imported only now (jupyter_client, nbclient, zmq: a fifth of a second), so a
     # run that the cache answers whole stays instant.
-    from runner.execute import Deadline, KernelSetup, OutputLimits, kernel_env, kernels_stopped
-    from runner.execute import run_session as _run_session
+    try:
+        from runner.execute import Deadline, KernelSetup, OutputLimits, kernels_stopped
+        from runner.execute import run_session as _run_session
+    except BaseException:
+        servers.close()
+        raise
 
     # `jobs` kernels run cells; one more gets ready meanwhile (launch, handshake), so a
-    # session's start overlaps the cells before it.
-    alive, turn = asyncio.Semaphore(options.jobs + 1), asyncio.Semaphore(options.jobs)
+    # session's start overlaps the cells before it (RUNNER_NO_PRESTART=1: not, for the bench).
+    ahead = 0 if os.environ.get("RUNNER_NO_PRESTART") else 1
+    alive, turn = asyncio.Semaphore(options.jobs + ahead), asyncio.Semaphore(options.jobs)
     deadline = (Deadline(time.monotonic() + options.deadline, options.deadline)
                 if options.deadline else None)
-    servers = _start_servers(jobs, built, config, options)
     setups = {name: KernelSetup(_timeout(config, options), servers.kernels_dir(name),
-                                tuple(kernel_env(env, _passenv(config, options)).items()),
+                                tuple(envs.kernel_env(env, _passenv(config, options)).items()),
                                 servers.folder, stop_in_background=True,
                                 sandbox=servers.bwrap is not None,
                                 output=OutputLimits(config.max_output_bytes,
@@ -478,7 +483,6 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
                    config: Config, options: Options) -> ForkServers:
     """This run's kernelspecs; with `warm`, a fork server for each env that two or more
     sessions use (a single session gains nothing from one)."""
-    from runner.execute import kernel_env
     from runner.warm import ForkServers, network_isolation
 
     servers = ForkServers()
@@ -492,7 +496,7 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
     sessions = Counter(job.session.env for job in jobs)
     for env in ready:
         if options.warm and sessions[env.spec.name] > 1:
-            servers.start(env, kernel_env(env, _passenv(config, options)),
+            servers.start(env, envs.kernel_env(env, _passenv(config, options)),
                           _preload(env.spec, jobs))
         else:
             servers.plain(env)

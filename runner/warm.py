@@ -12,20 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from runner import forkserver, sandbox
 from runner.envs import BuiltEnv, write_kernelspec
@@ -158,145 +152,3 @@ def remove_empty_cgroups() -> None:
         for group in root.glob("runner-kernel-*"):
             with contextlib.suppress(OSError):
                 group.rmdir()  # refused while a process is still in it
-
-
-# --- kernels forked for the runner itself, with no launcher process ------------------------------
-
-
-class ForkProvisioner(LocalProvisioner):
-    """jupyter_client's local provisioner, but a warm kernelspec's kernel is asked of the fork
-    server by the runner itself: no launcher process per kernel (a Python start and its
-    imports: about 35 ms of CPU each). The runner does what `forkserver.launch` does: makes the
-    kernel's cgroups, hands over the kernel's stdin, stdout and stderr, and keeps the
-    connection, on which the server says the kernel's exit status; closing it (or the runner
-    going, however it goes) makes the server end the kernel and all it started. Any other
-    kernelspec, or no server answering, starts as the local provisioner starts it."""
-
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
-        if cmd[2:3] != ["launch"]:
-            return await super().launch_kernel(cmd, **kwargs)
-        socket_path, (sandbox_file, argv) = cmd[3], forkserver._sandbox_option(cmd[4:])
-        env = kwargs.get("env") or dict(os.environ)
-        limits = json.loads(env.get("RUNNER_KERNEL_LIMITS", "{}"))
-        cgroups = (forkserver.make_cgroups(limits, f"{os.getpid()}-{next(_KERNELS)}")
-                   if sandbox_file is not None else {})
-        try:
-            kernel = await _ask_server(socket_path, kwargs, env, argv, cgroups,
-                                       sandboxed=sandbox_file is not None)
-        except (OSError, ValueError, KeyError):  # no server: a kernel from scratch
-            plain = [*cmd[:2], "plain", *(["--sandbox", sandbox_file] if sandbox_file else []),
-                     *argv]
-            return await super().launch_kernel(plain, **kwargs)
-        finally:
-            for fd in cgroups.values():
-                os.close(fd)
-        self.process = kernel  # type: ignore[assignment]  # Popen-like, see ForkedKernel
-        self.pid, self.pgid = kernel.pid, None
-        self.cwd = kwargs.get("cwd", Path.cwd())
-        return self.connection_info
-
-
-_KERNELS = itertools.count(1)
-
-
-async def _ask_server(socket_path: str, kwargs: Mapping[str, Any], env: Mapping[str, str],
-                      argv: list[str], cgroups: dict[str, int],
-                      sandboxed: bool) -> ForkedKernel:
-    loop = asyncio.get_running_loop()
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.setblocking(False)
-    try:
-        await loop.sock_connect(connection, socket_path)
-        with open(os.devnull, "rb") as stdin:
-            fds = [stdin.fileno(), *(_fd(kwargs.get(name)) for name in ("stdout", "stderr"))]
-            socket.send_fds(connection, [b"R"], [*fds, *cgroups.values()])
-        request = {"cwd": str(kwargs.get("cwd") or os.getcwd()), "env": dict(env),
-                   "argv": argv, "launcher": os.getpid(), "cgroups": list(cgroups)}
-        await loop.sock_sendall(connection, json.dumps(request).encode() + b"\n")
-        kernel = ForkedKernel(connection, sandboxed)
-        while kernel.pid is None:
-            data = await loop.sock_recv(connection, 4096)
-            if not data:
-                raise ValueError("the fork server closed the connection")
-            kernel.take(data)
-        return kernel
-    except BaseException:
-        connection.close()
-        raise
-
-
-def _fd(stream: Any) -> int:
-    """A kernel's output stream as a descriptor: a file's, a descriptor, or the runner's
-    stderr."""
-    if isinstance(stream, int) and stream >= 0:
-        return stream
-    return stream.fileno() if hasattr(stream, "fileno") else 2
-
-
-class ForkedKernel:
-    """A forked kernel as the provisioner sees a Popen: `poll`, `wait`, `send_signal`, `kill`.
-    Its status comes on the connection to the fork server. In the sandbox its pid is the
-    server's namespace's, so it is never signalled from here: interrupts come as messages, and
-    ending the kernel is closing the connection's sending side (the server then kills the
-    kernel's whole session and says its status)."""
-
-    stdin = stdout = stderr = None
-
-    def __init__(self, connection: socket.socket, sandboxed: bool) -> None:
-        self.connection, self.sandboxed = connection, sandboxed
-        self.pid: int | None = None
-        self.returncode: int | None = None
-        self._buffer = b""
-
-    def take(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            message = json.loads(line)
-            if "pid" in message:
-                self.pid = int(message["pid"])
-            if "status" in message:
-                self.returncode = int(message["status"])
-                self.connection.close()
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            self._read(block=False)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        while self.returncode is None:
-            self._read(block=True)
-        return self.returncode
-
-    def _read(self, block: bool) -> None:
-        try:
-            self.connection.setblocking(block)
-            data = self.connection.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:  # closed: the server is gone, and the kernel with it
-            data = b""
-        if not data:
-            self.returncode = -signal.SIGKILL if self.returncode is None else self.returncode
-            self.connection.close()
-            return
-        self.take(data)
-
-    def send_signal(self, signum: int) -> None:
-        if signum in (signal.SIGKILL, signal.SIGTERM):
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_WR)  # the server ends its session
-        if self.sandboxed or self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            if signum == signal.SIGINT:
-                os.kill(self.pid, signum)  # an interrupt is for the kernel alone
-            else:
-                os.killpg(self.pid, signum)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)

@@ -181,6 +181,10 @@ def test_the_private_parts_of_nbclient_and_jupyter_client_we_use_are_still_there
     assert list(inspect.signature(NotebookClient._async_cleanup_kernel).parameters) == ["self"]
     assert list(inspect.signature(KernelClient._handle_kernel_info_reply).parameters) == [
         "self", "msg"]
+    from jupyter_client.manager import AsyncKernelManager
+
+    assert list(inspect.signature(AsyncKernelManager._async_wait).parameters) == [
+        "self", "pollinterval"]
     for name in ("async_start_new_kernel", "async_start_new_kernel_client",
                  "create_kernel_manager", "async_execute_cell", "async_wait_for_reply"):
         assert inspect.iscoroutinefunction(getattr(NotebookClient, name)) or name == (

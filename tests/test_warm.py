@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute import KernelSetup, kernel_env, run_session
+from runner.envs import kernel_env
+from runner.execute import KernelSetup, run_session
 from runner.markdown import parse
 from runner.model import SnippetResult
 from runner.plan import plan
