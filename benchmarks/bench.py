@@ -8,6 +8,8 @@ import scikit-learn, ones that import TensorFlow. For each set, one run of each:
   cold/1      the runner, --no-cache --no-warm --jobs 1: a fresh kernel per session
   warm/1      the runner, --no-cache --jobs 1: kernels forked from the env's fork server
   warm/1 nosb the same with RUNNER_NO_SANDBOX=1: the difference is the sandbox's cost
+  serial/1    the same with RUNNER_NO_PRESTART=1: no kernel readied while the cells before it
+              run, so one job uses one core (warm/1 uses the second for the next kernel)
   warm/2      the same with --jobs 2
   cached      the runner with its execution cache filled: no kernel at all
 
@@ -180,14 +182,22 @@ def bench_set(base: Path, name: str, count: int, project: config.Config) -> dict
         cwd=base, check=True, capture_output=True) for session in sessions])
     out["papermill"] = papermill(base / f"nb-{name}", sessions, env)
     unsandboxed = {**variables, "RUNNER_NO_SANDBOX": "1"}
+    profile = base / f"profile-{name}.jsonl"
+    profiled = {**variables, "RUNNER_PROFILE": str(profile)}
+    serial = {**variables, "RUNNER_NO_PRESTART": "1"}
     for label, extra, where in (("cold/1", ["--no-cache", "--no-warm", "--jobs", "1"], variables),
-                                ("warm/1", ["--no-cache", "--jobs", "1"], variables),
+                                ("warm/1", ["--no-cache", "--jobs", "1"], profiled),
+                                ("serial/1", ["--no-cache", "--jobs", "1"], serial),
                                 ("warm/1 nosb", ["--no-cache", "--jobs", "1"], unsandboxed),
                                 ("warm/2", ["--no-cache", "--jobs", "2"], variables),
                                 ("cached", [], variables)):
         seconds, peak = run_measured([*runner, "verify", str(folder), *extra], where)
         out[label] = seconds
         out[f"{label} peak MB"] = peak
+    laps = [json.loads(line) for line in profile.read_text().splitlines()]
+    for phase in laps[0] if laps else {}:
+        if phase not in ("post", "env"):
+            out[f"profile {phase}"] = statistics.mean(lap.get(phase, 0.0) for lap in laps)
     return out
 
 
@@ -376,8 +386,9 @@ def best(work: Callable[[], object]) -> float:
     return min(times)
 
 
-SET_COLUMNS = ["floor", "papermill", "cold/1", "warm/1", "warm/1 nosb", "warm/2", "cached"]
-RUNS = ("cold/1", "warm/1", "warm/1 nosb", "warm/2", "cached")
+SET_COLUMNS = ["floor", "papermill", "cold/1", "warm/1", "serial/1", "warm/1 nosb", "warm/2",
+               "cached"]
+RUNS = ("cold/1", "warm/1", "serial/1", "warm/1 nosb", "warm/2", "cached")
 
 
 def report(figures: dict[str, Any]) -> None:
@@ -436,6 +447,12 @@ def report_sets(sets: dict[str, dict[str, float]]) -> None:
               f"warm/2 {over['warm/2']:+.3f}   jobs 2 x{row['warm/1'] / row['warm/2']:.2f}   "
               f"papermill / warm/1 x{row['papermill'] / row['warm/1']:.2f}   {peak:.0f} MB   "
               f"sandbox {(row['warm/1'] - row['warm/1 nosb']) / n * 1000:+.0f} ms/session")
+    print("\nwhere a session's time goes (warm/1, RUNNER_PROFILE; ms, mean per session; the "
+          "next kernel's launch and handshake overlap the cells before it):")
+    for name, row in sets.items():
+        phases = {k.removeprefix("profile "): v for k, v in row.items()
+                  if k.startswith("profile ")}
+        print(f"  {name:<11} " + "  ".join(f"{k} {v * 1000:.1f}" for k, v in phases.items()))
 
 
 def linearity(figures: dict[str, Any]) -> dict[str, float]:
@@ -475,6 +492,9 @@ def targets(figures: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         speed = light["warm/1"] / light["warm/2"]
         out.append((f"2 jobs >= x1.8 faster than 1 job on {light['posts']:.0f} light posts",
                     speed >= 1.8, f"x{speed:.2f}"))
+        serial = light["serial/1"] / light["warm/2"]
+        out.append((f"2 jobs against 1 job using one core (RUNNER_NO_PRESTART) on "
+                    f"{light['posts']:.0f} light posts", None, f"x{serial:.2f}"))
     else:
         out.append(("per-session overhead <= 0.1 s", None, "no light set (--light 0)"))
     speed = jobs["warm/1"] / jobs["warm/2"]
