@@ -158,8 +158,9 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     Then the kernel is stopped and its scratch folder removed: before this returns, or with
     `setup.stop_in_background` in a task, so the next session need not wait for it. With
-    `turn` (a semaphore of the run's jobs), the kernel starts at once and its cells wait for
-    their turn: the next session's kernel gets ready while this one's cells run. `beside`:
+    `turn` (a semaphore of the run's jobs), the kernel starts and is set up at once and its
+    cells wait for their turn: the next session's kernel gets ready while this one's cells
+    run. `beside`:
     the files beside the post its kernel gets copies of (default: found now)."""
     results: list[SnippetResult] = []
     clock = _Clock()
@@ -182,11 +183,11 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
         async with client.async_setup_kernel(cwd=str(scratch), env=variables,
                                              stdout=log, stderr=log, cleanup_kc=False):
             clock.lap("handshake")
+            places = await _start(client, session, env, notebook, scratch, sockets / "crash",
+                                  setup.output)
+            clock.lap("setup request")
             async with turn or contextlib.nullcontext():
                 clock.lap("turn")
-                places = await _start(client, session, env, notebook, scratch,
-                                      sockets / "crash", setup.output)
-                clock.lap("setup request")
                 live = _Live(client, session, places, sockets / "crash", setup.timeout,
                              deadline)
                 await _run_cells(live, notebook, results)
