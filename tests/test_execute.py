@@ -33,6 +33,24 @@ def fences(*codes: str, info: tuple[str, ...] = ()) -> str:
 
 
 @pytest.mark.kernel
+def test_a_sessions_notebook_is_valid_and_the_same_each_time(project) -> None:  # type: ignore[no-untyped-def]
+    """Built without nbformat's per-cell validation, it still passes nbformat's schema, and
+    its cell ids are the snippets' places (a skipped snippet has no cell)."""
+    import nbformat
+
+    from runner.notebooks import session_notebook
+
+    text = ("```python runner:env=sklearn\nx = 1\n```\n\n```python runner:skip\nnope\n```\n\n"
+            "```python runner:timeout=5\nprint(x)\n```\n")
+    [session] = plan(parse("p.md", text), project.envs)
+    book = session_notebook(session)
+    nbformat.validate(book)
+    assert [c.id for c in book.cells] == ["snippet-0", "snippet-2"]
+    assert [c.metadata.runner.line for c in book.cells] == [1, 9]
+    assert book.cells[1].metadata.runner.timeout == 5
+    assert session_notebook(session) == book
+
+
 def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
         built, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     # A user-level kernelspec with the same name, pointing at another Python, must not win.
