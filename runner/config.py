@@ -198,11 +198,10 @@ def with_lock(spec: EnvSpec, folder: Path) -> EnvSpec:
     settings, that lock's hash, distributions and pins (`bisect` runs a post in such envs)."""
     text = (folder / "requirements.lock").read_bytes()
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    pins = _PIN.findall(text.decode())
+    pins = lock_pins(text.decode())
     return replace(spec, folder=folder,
                    lock_hash=hashlib.sha256(text + f"\npython={python}".encode()).hexdigest(),
-                   distributions=frozenset(normalize_dist(m) for m, _ in pins),
-                   pins=tuple(sorted((normalize_dist(m), v) for m, v in pins)))
+                   distributions=frozenset(pins), pins=tuple(sorted(pins.items())))
 
 
 def _limit(settings: dict[str, Any], table: dict[str, Any], key: str, default: int,

@@ -160,8 +160,7 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     `setup.stop_in_background` in a task, so the next session need not wait for it. With
     `turn` (a semaphore of the run's jobs), the kernel starts and is set up at once and its
     cells wait for their turn: the next session's kernel gets ready while this one's cells
-    run. `beside`:
-    the files beside the post its kernel gets copies of (default: found now)."""
+    run. `beside`: the files beside the post its kernel gets copies of (default: found now)."""
     results: list[SnippetResult] = []
     clock = _Clock()
     # The session's folder: all a sandboxed kernel sees of the run (its scratch folder, its
@@ -220,9 +219,6 @@ class _Clock:
 
     def lap(self, name: str) -> _Clock:
         now = time.monotonic()
-        if os.environ.get("RUNNER_TRACE"):
-            with open(os.environ["RUNNER_TRACE"], "a") as o:
-                o.write(f"runner {name} {time.time():.4f}\n")
         self.laps[name] = self.laps.get(name, 0.0) + now - self.last
         self.last = now
         return self

@@ -125,7 +125,7 @@ def _fork_kernel(server: socket.socket, connection: socket.socket,
         os._exit(1)
 
 
-def apply_rlimits(limits: dict[str, Any], joined: Sequence[str] = ()) -> None:
+def apply_rlimits(limits: dict[str, Any], joined: Sequence[str]) -> None:
     """Memory as RLIMIT_DATA (heap and private mappings; a cgroup, where one was joined, counts
     shared memory and tmpfs too) and processes as RLIMIT_NPROC, unless a pids cgroup was
     `joined`: RLIMIT_NPROC counts every process and thread of the user in the env's sandbox,
@@ -133,7 +133,7 @@ def apply_rlimits(limits: dict[str, Any], joined: Sequence[str] = ()) -> None:
     if limits.get("memory_mb"):
         size = int(limits["memory_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (size, size))
-    if limits.get("processes") and "pids" not in joined and not limits.get("pids_joined"):
+    if limits.get("processes") and "pids" not in joined:
         count = int(limits["processes"])
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
@@ -378,9 +378,9 @@ def plain(argv: list[str], sandbox: str | None = None) -> None:
     and whatever it started) when the runner is gone."""
     if sandbox is not None:
         limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+        # `session`, inside, applies the rlimits: it learns which cgroups were joined here
         joined = join_cgroups(make_cgroups(limits))
-        os.environ["RUNNER_KERNEL_LIMITS"] = json.dumps({**limits,
-                                                         "pids_joined": "pids" in joined})
+        os.environ["RUNNER_KERNEL_LIMITS"] = json.dumps({**limits, "joined": joined})
         with open(sandbox) as args_file:
             args = json.load(args_file)
         os.execv(args[0], [*args, "session", *argv])
@@ -393,7 +393,7 @@ def session(argv: list[str]) -> None:
     """Inside bubblewrap, for a kernel started from scratch: its own sandbox, then the kernel."""
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
     enter_session(limits)
-    apply_rlimits(limits)
+    apply_rlimits(limits, limits.get("joined", []))
     _run_kernel(argv)
 
 

@@ -18,7 +18,7 @@ becomes something that is the same everywhere:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from runner.model import Output, Snippet
@@ -72,10 +72,19 @@ def _cell_lines(text: str, filename: str, post: str, fence: int) -> str:
     """`FILE:LINE` (warnings) and `File "FILE", line LINE` (frames) of one cell -> the post."""
     if filename not in text:
         return text
-    name = re.escape(filename)
-    text = re.sub(name + r":(\d+)", lambda m: f"{post}:{fence + int(m[1])}", text)
-    return re.sub(r'File "' + name + r'", line (\d+)',
-                  lambda m: f'File "{post}", line {fence + int(m[1])}', text)
+    return _file_lines(text, filename, post, lambda n: str(fence + n), whole=False)
+
+
+def _file_lines(text: str, name: str, shown: str, line: Callable[[int], str],
+                whole: bool = True) -> str:
+    """Each line of the file `name` that `text` names, as a warning does (`NAME:N`) and a
+    frame does (`File "NAME", line N`) -> `shown` and `line(N)`; `whole`: a `NAME:N` that is
+    the end of a longer path stays."""
+    before = r"(?<![\w./-])" if whole else ""
+    text = re.sub(before + re.escape(name) + r":(\d+)",
+                  lambda m: f"{shown}:{line(int(m[1]))}", text)
+    return re.sub(r'File "' + re.escape(name) + r'", line (\d+)',
+                  lambda m: f'File "{shown}", line {line(int(m[1]))}', text)
 
 
 def _replacements(places: Places) -> list[tuple[str, str]]:
@@ -100,10 +109,7 @@ def moved(output: Output, post: str, delta: int) -> Output:
         return output
 
     def move(text: str) -> str:
-        name = r"(?<![\w./-])" + re.escape(post)
-        text = re.sub(name + r":(\d+)", lambda m: f"{post}:{int(m[1]) + delta}", text)
-        return re.sub(r'File "' + re.escape(post) + r'", line (\d+)',
-                      lambda m: f'File "{post}", line {int(m[1]) + delta}', text)
+        return _file_lines(text, post, post, lambda n: str(n + delta))
 
     return Output(move(output.stdout), move(output.stderr),
                   tuple(replace(part, text=move(part.text)) for part in output.parts))
@@ -129,10 +135,7 @@ def anchored(text: str, snippets: Sequence[Snippet]) -> str:
                 return f"\x00line {index} {number - fence}\x00"
         return str(number)
 
-    name = r"(?<![\w./-])" + re.escape(post)
-    text = re.sub(name + r":(\d+)", lambda m: f"{_STORED_POST}:{line(int(m[1]))}", text)
-    return re.sub(r'File "' + re.escape(post) + r'", line (\d+)',
-                  lambda m: f'File "{_STORED_POST}", line {line(int(m[1]))}', text)
+    return _file_lines(text, post, _STORED_POST, line)
 
 
 def unanchored(text: str, snippets: Sequence[Snippet]) -> str:

@@ -101,7 +101,8 @@ def _fd(stream: Any) -> int:
 
 
 class ForkedKernel:
-    """A forked kernel as the provisioner sees a Popen: `poll`, `wait`, `send_signal`, `kill`.
+    """A forked kernel as the provisioner sees a Popen: `poll`, `send_signal`, `kill` (and
+    `ended` for its wait).
     Its status comes on the connection to the fork server. In the sandbox its pid is the
     server's namespace's, so it is never signalled from here: interrupts come as messages, and
     ending the kernel is closing the connection's sending side (the server then kills the
@@ -128,43 +129,32 @@ class ForkedKernel:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self._read(block=False)
+            try:
+                self._got(self.connection.recv(4096))
+            except BlockingIOError:  # nothing yet: the kernel runs
+                pass
+            except OSError:  # closed: the server is gone, and the kernel with it
+                self._got(b"")
         return self.returncode
 
     async def ended(self) -> int:
-        """Wait, without blocking the event loop, for the status the server sends."""
+        """Wait, without blocking the event loop, for the status the server sends (what a
+        Popen's `wait` is to jupyter_client: `ForkProvisioner.wait` and `_async_wait`)."""
         loop = asyncio.get_running_loop()
         while self.returncode is None:
             try:
-                self.connection.setblocking(False)
-                data = await loop.sock_recv(self.connection, 4096)
+                self._got(await loop.sock_recv(self.connection, 4096))
             except OSError:
-                data = b""
-            if not data:
-                self.returncode = -signal.SIGKILL
-                self.connection.close()
-                break
+                self._got(b"")
+        return self.returncode
+
+    def _got(self, data: bytes) -> None:
+        """What came on the connection (non-blocking from the start); nothing: it closed."""
+        if data:
             self.take(data)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        while self.returncode is None:
-            self._read(block=True)
-        return self.returncode
-
-    def _read(self, block: bool) -> None:
-        try:
-            self.connection.setblocking(block)
-            data = self.connection.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:  # closed: the server is gone, and the kernel with it
-            data = b""
-        if not data:
-            self.returncode = -signal.SIGKILL if self.returncode is None else self.returncode
+        else:  # the server went without a status: so did the kernel
+            self.returncode = -signal.SIGKILL
             self.connection.close()
-            return
-        self.take(data)
 
     def send_signal(self, signum: int) -> None:
         if signum in (signal.SIGKILL, signal.SIGTERM):
