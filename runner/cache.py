@@ -88,7 +88,7 @@ def load(folder: Path, key: str, session: Session,
     (a folder, a FIFO, a symlink: none is opened or followed), is over MAX_ENTRY_BYTES, or does
     not parse is a miss with one warning, and is removed: it can neither stop, hang nor fool
     a run."""
-    path = _entry(folder, key)
+    path = entry(folder, key)
     try:
         data = json.loads(read_regular(path, MAX_ENTRY_BYTES, follow_symlinks=False))
         if data["key"] != key or len(data["snippets"]) != len(session.snippets):
@@ -113,7 +113,7 @@ def store(folder: Path, key: str, results: Sequence[SnippetResult],
         return
     from filelock import FileLock, Timeout  # here: a run the cache answers never stores
 
-    path = _entry(folder, key)
+    path = entry(folder, key)
     snippets = [r.snippet for r in results]
     data = json.dumps({"key": key, "snippets": [_item(r, snippets) for r in results]})
     try:
@@ -149,7 +149,7 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _entry(folder: Path, key: str) -> Path:
+def entry(folder: Path, key: str) -> Path:
     return folder / key[:2] / f"{key}.json"
 
 

@@ -7,18 +7,20 @@ list items and block quotes, CRLF and BOM files all come out with their exact li
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-
-import yaml
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import PostError
 from runner.model import Markers, Post, Region, Snippet
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 
 POST_SUFFIXES = (".md", ".markdown", ".mdx")  # the files that are posts
 PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
@@ -31,10 +33,17 @@ HIDDEN_CLOSE = "-->"
 MDX_HIDDEN_OPEN = "{/* runner:hidden"  # MDX has no HTML comments: a JSX comment instead
 MDX_HIDDEN_CLOSE = "*/}"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # markdown-it's line breaks
-# GFM tables (verified DataFrames are tables); no inline parsing: only blocks and the raw text
-# of paragraphs are read (a third less time a post).
-_MD = MarkdownIt("commonmark").enable("table").disable(["inline", "text_join"])
 _IMAGES = re.compile(r"(!\[[^\]]*\]\([^)\s]+\)\s*)+")
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    """The parser, made at the first post parsed (a run of replayed verdicts parses none):
+    GFM tables (verified DataFrames are tables); no inline parsing: only blocks and the raw
+    text of paragraphs are read (a third less time a post)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").disable(["inline", "text_join"])
 
 
 def split_lines(text: str) -> list[str]:
@@ -75,7 +84,7 @@ def parse(path: str, text: str) -> Post:
     source = ["\n"] * body_start + [_strip_end(line) + "\n" for line in lines[body_start:]]
     if source and source[0].startswith("\ufeff"):
         source[0] = source[0][1:]
-    tokens = _MD.parse("".join(source))
+    tokens = _markdown().parse("".join(source))
     parts = _output_parts(tokens)
     snippets = [_snippet(path, lines, found, parts) for found in _fences(path, lines, tokens)]
     default_env, network, keep_going = _settings(path, front_matter)
@@ -129,7 +138,7 @@ def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:
     inner = comment.content.splitlines(keepends=True)
     if len(inner) < 2 or inner[-1].strip() != HIDDEN_CLOSE:
         raise PostError(f"hidden block must end with a line '{HIDDEN_CLOSE}'", path, start + 1)
-    fences = [t for t in _MD.parse("".join(inner[1:-1]))
+    fences = [t for t in _markdown().parse("".join(inner[1:-1]))
               if t.type == "fence" and t.map and _language(t.info) in PYTHON_LANGUAGES]
     _one_per_hidden_block(path, fences, start + 1)
     for token in fences:
@@ -253,11 +262,6 @@ def _number(values: dict[str, str], key: str, path: str, line: int) -> float | N
     return number
 
 
-# libyaml's parser where PyYAML was built with it (20 times faster: it counts at 1000 posts),
-# with the same safe constructor.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     """YAML between a first line `---` and the next `---` or `...` line, and the body's start."""
     end = _front_matter_end(lines)
@@ -265,8 +269,13 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
         raise PostError("front matter opened here is never closed with '---'", path, 1)
     if end == 0:
         return {}, 0
+    import yaml  # here: a run of replayed verdicts reads no front matter
+
+    # libyaml's parser where PyYAML was built with it (20 times faster: it counts at 1000
+    # posts), with the same safe constructor.
+    loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load("".join(_strip_end(x) + "\n" for x in lines[1:end]), _YAML_LOADER)
+        data = yaml.load("".join(_strip_end(x) + "\n" for x in lines[1:end]), loader)
     except yaml.YAMLError as exc:
         # Where the broken construct began (an unclosed quote's opening) beats where it broke.
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)

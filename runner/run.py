@@ -5,6 +5,9 @@ It reads as its stages, each a small function passing its result on (nox's workf
 
     read_and_plan -> shard -> look_up_cache -> build_envs -> execute -> settle
 
+A post that passed before, unchanged with all it was decided from, is replayed from its
+verdict (`runner.verdicts`) in read_and_plan: it is never parsed, looked up, run or rendered.
+
 Exceptions stay inside a stage: a post that cannot be read, an env that cannot be built, a
 kernel that dies, each becomes a result with a status at the stage's edge. Only a wrong call
 (`UsageError`: a missing path, a bad `--param`) propagates.
@@ -28,14 +31,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from runner import cache, compare, envs, images, markdown, parameters, plan, posts, report
+from runner import verdicts as verdict_store
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.markdown import split_lines
-from runner.model import EnvSpec, ErrorInfo, ErrorKind, Output, Post, Session, SnippetResult
+from runner.model import (
+    EnvSpec,
+    ErrorInfo,
+    ErrorKind,
+    Output,
+    Post,
+    Session,
+    Snippet,
+    SnippetResult,
+)
 from runner.portable import moved
 from runner.report import PostOutcome, Run, post_key
 from runner.writeback import (
     RenderOptions,
+    figure_folder,
     output_block,
     snippet_figure_links,
     stamp,
@@ -81,21 +95,27 @@ class Planned:
     post: Post | None = None
     sessions: tuple[Session, ...] = ()
     error: PostError | None = None
+    replayed: PostOutcome | None = None  # its verdict: passed before, nothing changed since
+
+    def runnable(self) -> list[tuple[str, Snippet]]:
+        """(env, snippet) of each snippet that runs (not `runner:skip`), planned or replayed."""
+        if self.replayed is not None:
+            return [(r.env, r.snippet) for r in self.replayed.snippets
+                    if r.snippet.markers.skip is None]
+        return [(session.env, s) for session in self.sessions for s in session.snippets
+                if s.markers.skip is None]
 
     @property
     def weight(self) -> int:
         """What a shard balances: the post's runnable snippets (and the post itself)."""
-        return 1 + sum(s.markers.skip is None for session in self.sessions
-                       for s in session.snippets)
+        return 1 + len(self.runnable())
 
     def seconds(self, durations: Mapping[tuple[str, int], float], average: float) -> float:
         """What a shard balances by time: each session's start, and each runnable snippet's
         duration in `durations` (keyed by `report.post_key` and fence line), else `average`."""
-        key = post_key(self.path)
-        return POST_S + sum(
-            SESSION_START_S + sum(durations.get((key, s.line), average)
-                                  for s in session.snippets if s.markers.skip is None)
-            for session in self.sessions)
+        key, runnable = post_key(self.path), self.runnable()
+        return (POST_S + SESSION_START_S * len({env for env, _ in runnable})
+                + sum(durations.get((key, s.line), average) for _, s in runnable))
 
 
 @dataclass(frozen=True)
@@ -125,11 +145,12 @@ async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | Non
     started = time.monotonic()
     config = config or load(Path.cwd())
     options = options or Options()
-    planned = shard(read_and_plan(post_paths(paths, config), config, options), options.shard,
-                    shard_durations(options))
+    verdicts = open_verdicts(config, options)
+    planned = shard(read_and_plan(post_paths(paths, config), config, options, verdicts),
+                    options.shard, shard_durations(options))
     jobs = look_up_cache(planned, config, options)
     built = await build_envs(jobs, config)
-    tally = _Tally(planned, jobs, config, options, on_post_done)
+    tally = _Tally(planned, jobs, config, options, on_post_done, verdicts)
     await execute(jobs, built, config, options, tally.session_done)
     if options.check_determinism:
         tally.second_pass()
@@ -146,15 +167,33 @@ def post_paths(paths: Iterable[str | Path], config: Config) -> list[Path]:
     return posts.find(given or [posts.relative(config.posts)])
 
 
-def read_and_plan(paths: Sequence[Path], config: Config, options: Options) -> list[Planned]:
+def open_verdicts(config: Config, options: Options) -> verdict_store.Verdicts | None:
+    """The run's verdicts (in the execution cache's folder), decided by the configuration and
+    the options that change an outcome; None where a run neither replays nor keeps them
+    (parameters given, `--check-determinism`)."""
+    if options.params or options.check_determinism:
+        return None
+    decided_by = [verdict_store.fingerprint(config), options.mode, _timeout(config, options),
+                  options.keep_going, options.ignore_stamp, _passenv(config, options)]
+    return verdict_store.Verdicts(config.cache_dir / "verdicts", decided_by)
+
+
+def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
+                  verdicts: verdict_store.Verdicts | None = None) -> list[Planned]:
+    """Each post read and planned, or replayed from its verdict (with the cache on)."""
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
-    return [_plan_one(path, config, overrides, options.keep_going) for path in paths]
+    replay = verdicts if options.cache else None
+    return [_plan_one(path, config, overrides, options.keep_going, replay) for path in paths]
 
 
 def _plan_one(path: Path, config: Config, overrides: dict[str, str],
-              keep_going: bool) -> Planned:
+              keep_going: bool, verdicts: verdict_store.Verdicts | None = None) -> Planned:
     try:
-        post = markdown.parse(str(path), posts.read(path))
+        text = posts.read(path)
+        replayed = verdicts.replay(path, text) if verdicts is not None else None
+        if replayed is not None:
+            return Planned(path, replayed=replayed)
+        post = markdown.parse(str(path), text)
         sessions = plan.plan(post, config.envs, config.import_names)
     except PostError as exc:
         return Planned(path, error=exc)
@@ -302,9 +341,10 @@ class _Tally:
     as its last session has ended in the run's last pass."""
 
     def __init__(self, planned: list[Planned], jobs: Sequence[Job], config: Config,
-                 options: Options, on_post_done: OnPostDone | None) -> None:
+                 options: Options, on_post_done: OnPostDone | None,
+                 verdicts: verdict_store.Verdicts | None = None) -> None:
         self.planned, self.jobs, self.config, self.options = planned, jobs, config, options
-        self.on_post_done = on_post_done
+        self.on_post_done, self.verdicts = on_post_done, verdicts
         self.results: list[list[SnippetResult]] = [[] for _ in planned]
         self.first: list[list[SnippetResult]] = []  # the first pass, with --check-determinism
         self.settled: dict[int, PostOutcome] = {}
@@ -333,15 +373,38 @@ class _Tally:
             self._settle(job.post)
 
     def _settle(self, index: int) -> None:
+        item = self.planned[index]
+        if item.replayed is not None:
+            self._done(index, item.replayed)
+            return
         results = sorted(self.results[index], key=lambda r: r.snippet.line)
-        post = self.planned[index].post
+        post = item.post
         if self.first and post is not None:
             results = check_determinism(post, self.first[index], results,
                                         self._render_options())
         if post is not None:
-            results = [explain_split(post, self.planned[index].sessions, r) for r in results]
-        outcome = settle(self.planned[index], tuple(results), self.config, self.options.mode,
+            results = [explain_split(post, item.sessions, r) for r in results]
+        outcome = settle(item, tuple(results), self.config, self.options.mode,
                          self._render_options(), ignore_stamp=self.options.ignore_stamp)
+        self._keep_verdict(index, outcome)
+        self._done(index, outcome)
+
+    def _keep_verdict(self, index: int, outcome: PostOutcome) -> None:
+        """A passed post's verdict, with the cache entries of its sessions' results; any other
+        outcome forgets the post's verdict."""
+        item = self.planned[index]
+        if self.verdicts is None or item.post is None:
+            return
+        if outcome.status != "passed" or outcome.written or outcome.fresh is None:
+            self.verdicts.forget(item.path)
+            return
+        entries = [cache.entry(self.config.cache_dir, job.key) for job in self.jobs
+                   if job.post == index]
+        figures = item.path.parent / figure_folder(str(item.path), self.config.figures)
+        self.verdicts.keep(item.path, item.post.text, outcome, entries, figures,
+                           outcome.fresh.pictures)
+
+    def _done(self, index: int, outcome: PostOutcome) -> None:
         self.settled[index] = outcome
         if self.on_post_done is not None:
             self.on_post_done(outcome, len(self.settled), len(self.planned))

@@ -1,0 +1,234 @@
+"""Verdicts: a passed post's outcome, replayed while nothing it was decided from has changed.
+
+A fully cached `verify` would still read, parse, plan, look up and re-render every post: at
+blog scale, most of its time. Once a post passes, its outcome is kept with what decided it
+(as Quarto's freeze keeps a page's results, or make its prerequisites):
+
+- in its name: the post's path (as given and resolved), the options that change an outcome,
+  the project's configuration (each env's lock hash, [tool.runner]), the runner's version and
+  its own source files, the Markdown and YAML parsers' files;
+- the post's bytes (sha256);
+- each file the decision read, by its stat (device, inode, size, mtime and ctime in ns: any
+  write changes ctime, which no tool sets back): the execution cache's entries its results
+  came from, the files beside the post that its snippets see, its figures; and the names in
+  the two folders whose listing decides (files beside the post, the post's figure folder: a new
+  data file, an orphan figure).
+
+A later run whose post and files all match takes the outcome as it is, its snippets marked
+cached: nothing parsed, looked up or rendered. Anything else takes the ordinary path, which
+keeps a new verdict when the post passes again. Only passes are kept, as in the execution
+cache: a failed, stale or unreadable post always runs again, and a run with parameters or
+`--check-determinism` neither reads nor keeps verdicts. A verdict that cannot be read back
+is a miss, removed; one that cannot be written is not kept. Never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner import __version__
+from runner.atomic import read_regular, write_atomic
+from runner.cache import files_beside
+from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
+from runner.report import PostOutcome
+from runner.writeback import FIGURE_GLOB
+
+FORMAT = 1
+MAX_BYTES = 64 * 2**20  # a verdict larger than this is a miss (and is removed)
+PARSERS = ("markdown_it", "yaml")  # their sources decide how a post parses
+Signature = list[int] | None  # a file's stat (None: absent)
+
+
+def fingerprint(value: Any) -> Any:
+    """`value` (a Config, options, ...) as plain JSON data, the same in every process: sets
+    sorted, patterns as their text, paths as strings, dataclasses as their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return sorted([str(k), fingerprint(v)] for k, v in value.items())
+    if isinstance(value, set | frozenset):
+        return sorted(json.dumps(fingerprint(v), sort_keys=True) for v in value)
+    if isinstance(value, list | tuple):
+        return [fingerprint(v) for v in value]
+    if isinstance(value, re.Pattern):
+        return [value.pattern, value.flags]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def signature(path: Path) -> Signature:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _sources() -> list[Any]:
+    """The runner's own files and the parsers' (size and mtime): a runner changed in place
+    (an editable install, a new release) replays nothing it decided before."""
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    for name in PARSERS:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.origin:
+                files.append(Path(spec.origin))
+    found = []
+    for path in files:
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            found.append([str(path), info.st_size, info.st_mtime_ns])
+    return found
+
+
+class Verdicts:
+    """The verdicts of one run: `replay` before a post is parsed, `keep` once it passed."""
+
+    def __init__(self, folder: Path, decided_by: Any) -> None:
+        self.folder = folder
+        decided = json.dumps([FORMAT, __version__, sys.version, _sources(), decided_by],
+                             sort_keys=True)
+        self.decided_by = hashlib.sha256(decided.encode()).hexdigest()
+        self._beside: dict[Path, list[str]] = {}
+
+    def _path(self, post: Path) -> Path:
+        name = json.dumps([str(post), os.path.abspath(post), self.decided_by])
+        return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()}.json"
+
+    def replay(self, post: Path, text: str) -> PostOutcome | None:
+        """The post's kept outcome, when its text and every file it was decided from are as
+        they were; else None."""
+        path = self._path(post)
+        try:
+            data = json.loads(read_regular(path, MAX_BYTES, follow_symlinks=False))
+            if data["post"] != _digest(text) or not self._unchanged(data):
+                return None
+            return _outcome(str(post), data["outcome"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            _remove(path)  # unreadable: a miss, and gone
+            return None
+
+    def _unchanged(self, data: dict[str, Any]) -> bool:
+        return (all(signature(Path(p)) == sig for p, sig in data["files"])
+                and all(self._listing(kind, Path(folder)) == names
+                        for kind, folder, names in data["listings"]))
+
+    def _listing(self, kind: str, folder: Path) -> list[str]:
+        """The names that decide in `folder`: the files beside a post (listed once a run: a
+        folder of a thousand posts is one listing), or its figures."""
+        if kind != "beside":
+            return [p.name for p in sorted(folder.glob(FIGURE_GLOB))]
+        if folder not in self._beside:
+            self._beside[folder] = [p.name for p in files_beside(folder)]
+        return self._beside[folder]
+
+    def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Iterable[Path],
+             figures: Path, pictures: Iterable[Path]) -> None:
+        """Keep a passed post's outcome with what decided it: `entries` its results' cache
+        entries, `figures` its figure folder, `pictures` its figure files."""
+        entries = list(entries)
+        if any(signature(p) is None for p in entries):
+            return  # an entry not stored (its lock was held): nothing to replay from
+        folder = post.parent
+        beside, drawn = self._listing("beside", folder), self._listing("figures", figures)
+        files = [*entries, *(folder / n for n in beside), *(figures / n for n in drawn),
+                 *pictures]
+        data = {"post": _digest(text),
+                "files": [[str(p), signature(p)] for p in dict.fromkeys(files)],
+                "listings": [["beside", str(folder), beside], ["figures", str(figures), drawn]],
+                "outcome": _outcome_data(outcome)}
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._path(post), json.dumps(data).encode(), durable=False)
+
+    def forget(self, post: Path) -> None:
+        """A post that did not pass: its old verdict (if any) goes."""
+        _remove(self._path(post))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+# --- an outcome as JSON and back ---------------------------------------------------------------
+
+
+def _outcome_data(outcome: PostOutcome) -> dict[str, Any]:
+    return {"status": outcome.status, "stamp_stale": outcome.stamp_stale,
+            "snippets": [_result_data(r) for r in outcome.snippets]}
+
+
+def _result_data(result: SnippetResult) -> dict[str, Any]:
+    snippet = result.snippet
+    return {
+        "snippet": {**{f.name: getattr(snippet, f.name) for f in dataclasses.fields(snippet)
+                       if f.name not in ("markers", "output")},
+                    "markers": dataclasses.asdict(snippet.markers),
+                    "output": None if snippet.output is None else [snippet.output.start,
+                                                                   snippet.output.end]},
+        "env": result.env, "status": result.status, "reason": result.reason,
+        "duration_s": result.duration_s, "not_run_after": result.not_run_after,
+        "error": None if result.error is None else dataclasses.asdict(result.error),
+        "output": {"stdout": result.output.stdout, "stderr": result.output.stderr,
+                   "parts": [[p.kind, p.text, p.html, p.png.hex()] for p in result.output.parts]},
+    }
+
+
+def _outcome(path: str, data: dict[str, Any]) -> PostOutcome:
+    if data["status"] != "passed":
+        raise ValueError(f"status {data['status']!r} is never kept")
+    results = tuple(_result(path, item) for item in data["snippets"])
+    return PostOutcome(path, "passed", snippets=results, stamp_stale=_typed(data["stamp_stale"],
+                                                                             bool))
+
+
+def _result(path: str, item: dict[str, Any]) -> SnippetResult:
+    given = item["snippet"]
+    region = given["output"]
+    snippet = Snippet(path, _typed(given["line"], int), _typed(given["code"], str),
+                      Markers(**given["markers"]), _typed(given["hidden"], bool),
+                      _typed(given["anchor"], int), _typed(given["prefix"], str),
+                      None if region is None else Region(*_ints(region, 2)),
+                      _typed(given["start"], int))
+    output = item["output"]
+    parts = tuple(Part(kind, _typed(text, str), _typed(html, str), bytes.fromhex(png))
+                  for kind, text, html, png in output["parts"])
+    if item["status"] not in ("passed", "skipped"):
+        raise ValueError(f"status {item['status']!r} is never kept")
+    error = item["error"]
+    return SnippetResult(
+        snippet, _typed(item["env"], str), item["status"],
+        Output(_typed(output["stdout"], str), _typed(output["stderr"], str), parts),
+        None if error is None else ErrorInfo(**error),
+        reason=item["reason"], duration_s=float(item["duration_s"]), cached=True,
+        not_run_after=item["not_run_after"])
+
+
+def _typed(value: Any, kind: type) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{type(value).__name__} where {kind.__name__} was kept")
+    return value
+
+
+def _ints(values: Sequence[Any], count: int) -> list[int]:
+    if len(values) != count:
+        raise ValueError(f"{len(values)} numbers where {count} were kept")
+    return [_typed(v, int) for v in values]

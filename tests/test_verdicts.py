@@ -1,0 +1,195 @@
+"""Verdicts (`runner.verdicts`): a passed post replayed while nothing that decided it changed,
+and run again the moment anything did."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from runner import markdown, verdicts
+from runner.config import Config
+from runner.model import Markers, Output, Part, Region, Snippet, SnippetResult
+from runner.report import PostOutcome, Run
+from runner.run import Options, open_verdicts, run_posts
+
+POST = """\
+# A post that reads the file beside it
+
+```python runner:env=sklearn
+print(open("data.txt").read().strip().upper())
+```
+"""
+
+
+@dataclass(frozen=True)
+class _Shape:
+    names: frozenset[str]
+    pattern: re.Pattern[str]
+    folder: Path
+
+
+def test_a_fingerprint_is_the_same_in_every_process_and_changes_with_what_decides() -> None:
+    one = _Shape(frozenset({"numpy", "pandas", "scipy"}), re.compile("a+", re.I), Path("x"))
+    again = _Shape(frozenset({"scipy", "numpy", "pandas"}), re.compile("a+", re.I), Path("x"))
+    assert json.dumps(verdicts.fingerprint(one)) == json.dumps(verdicts.fingerprint(again))
+    assert verdicts.fingerprint(one) != verdicts.fingerprint(replace(one, folder=Path("y")))
+    assert verdicts.fingerprint(one) != verdicts.fingerprint(
+        replace(one, pattern=re.compile("a+")))  # flags count
+
+
+def test_options_that_change_an_outcome_name_another_verdict(project: Config) -> None:
+    base = open_verdicts(project, Options())
+    assert base is not None
+    for changed in (Options(timeout=5), Options(keep_going=True), Options(ignore_stamp=True),
+                    Options(mode="update"), Options(passenv=("HOME",))):
+        other = open_verdicts(project, changed)
+        assert other is not None and other.decided_by != base.decided_by, changed
+    for same in (Options(jobs=1), Options(cache=False), Options(warm=False),
+                 Options(shard=(1, 2)), Options(deadline=60)):
+        other = open_verdicts(project, same)
+        assert other is not None and other.decided_by == base.decided_by, same
+    for never in (Options(params=(("N", "1"),)), Options(check_determinism=True)):
+        assert open_verdicts(project, never) is None
+    locked = dict(project.envs)
+    locked["sklearn"] = replace(locked["sklearn"], lock_hash="f" * 64)
+    other = open_verdicts(replace(project, envs=locked), Options())
+    assert other is not None and other.decided_by != base.decided_by
+
+
+def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
+    store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
+    post = tmp_path / "p.md"
+    post.write_text("text")
+    snippet = Snippet(str(post), 3, "print(1)\n", Markers(tolerance=0.01, unordered=True),
+                      anchor=5, prefix="> ", output=Region(6, 12), start=2)
+    skipped = Snippet(str(post), 9, "x\n", Markers(skip="slow"), hidden=True)
+    results = (SnippetResult(snippet, "sklearn", "passed",
+                             Output("1\n", "warn\n", (Part("text", "1\n"),
+                                                      Part("image", "fig", png=b"\x89PNG\0")))),
+               SnippetResult(skipped, "sklearn", "skipped", reason="slow", duration_s=0.25))
+    outcome = PostOutcome(str(post), "passed", snippets=results, stamp_stale=True)
+    store.keep(post, "text", outcome, [], tmp_path / "p", [])
+    back = store.replay(post, "text")
+    assert back == replace(outcome, snippets=tuple(replace(r, cached=True) for r in results))
+    assert store.replay(post, "text!") is None  # other bytes: not this post's verdict
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong type", "failed", "symlink"])
+def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path,
+                                                                damage: str) -> None:
+    store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
+    post = tmp_path / "p.md"
+    snippet = Snippet(str(post), 1, "print(1)\n", Markers())
+    outcome = PostOutcome(str(post), "passed",
+                          snippets=(SnippetResult(snippet, "sklearn", "passed"),))
+    store.keep(post, "text", outcome, [], tmp_path / "p", [])
+    [kept] = (tmp_path / "verdicts").iterdir()
+    data = json.loads(kept.read_text())
+    if damage == "truncated":
+        kept.write_text(kept.read_text()[:40])
+    elif damage == "wrong type":
+        data["outcome"]["snippets"][0]["snippet"]["line"] = "1"
+        kept.write_text(json.dumps(data))
+    elif damage == "failed":  # only passes are ever kept
+        data["outcome"]["status"] = "failed"
+        kept.write_text(json.dumps(data))
+    else:
+        target = tmp_path / "elsewhere.json"
+        kept.rename(target)
+        kept.symlink_to(target)
+    assert store.replay(post, "text") is None
+    assert not kept.exists() and not kept.is_symlink()
+
+
+def _verify(post: Path, config: Config, **options: object) -> Run:
+    return run_posts([post], config, Options(**options))  # type: ignore[arg-type]
+
+
+def _parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The posts parsed from now on (a replayed post is not)."""
+    seen: list[str] = []
+    parse = markdown.parse
+
+    def counting(path: str, text: str) -> object:
+        seen.append(path)
+        return parse(path, text)
+
+    monkeypatch.setattr(markdown, "parse", counting)
+    return seen
+
+
+@pytest.mark.kernel
+def test_a_passed_post_is_replayed_until_anything_that_decided_it_changes(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "blog" / "p.md"
+    post.parent.mkdir()
+    (post.parent / "data.txt").write_text("hello\n")
+    post.write_text(POST)
+    assert _verify(post, config, mode="update").posts[0].written
+    parsed = _parsed(monkeypatch)
+
+    def replayed(expect: str = "passed", **options: object) -> bool:
+        before = len(parsed)
+        run = _verify(post, config, **options)
+        assert run.posts[0].status == expect, run.posts[0]
+        return len(parsed) == before
+
+    assert not replayed()  # cache hits, settled: the verdict is kept
+    assert replayed()
+    run = _verify(post, config)
+    assert run.summary()["cached"] == 1 and run.snippets[0].output.stdout == "HELLO\n"
+    os.utime(post)  # touched, the same bytes
+    assert replayed()
+
+    (post.parent / "data.txt").write_text("world\n")  # same size, other bytes
+    assert not replayed("stale")
+    (post.parent / "data.txt").write_text("hello\n")
+    assert not replayed()  # passes again (the old entry), kept anew
+    assert replayed()
+
+    (post.parent / "more.csv").write_text("a,b\n")  # a new file beside the post
+    assert not replayed()
+    assert replayed()
+
+    orphan = post.parent / "p" / "snippet-9-figure-1.png"  # a figure no snippet draws
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"\x89PNG")
+    assert not replayed("stale")
+    orphan.unlink()
+    assert not replayed()
+
+    for entry in (config.cache_dir).glob("??/*.json"):
+        entry.unlink()  # the execution cache emptied: its entries decided the verdict
+    assert not replayed()  # runs again, and keeps a verdict with the new entry
+    assert replayed()
+
+    assert not replayed(cache=False)  # --no-cache never replays
+    assert not replayed(timeout=30)  # another option: another verdict
+    post.write_text(post.read_text().replace("# A post", "# The post"))
+    assert not replayed()
+
+
+@pytest.mark.kernel
+def test_a_post_that_stops_passing_forgets_its_verdict(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "p.md"
+    post.write_text("```python runner:env=sklearn\nimport random\nprint(random.random() < 2)\n"
+                    "```\n")
+    _verify(post, config, mode="update")
+    assert _verify(post, config).posts[0].status == "passed"
+    assert len(list((config.cache_dir / "verdicts").iterdir())) == 1
+    post.write_text(post.read_text().replace("< 2", "< -1"))  # stale now
+    assert _verify(post, config).posts[0].status == "stale"
+    assert list((config.cache_dir / "verdicts").iterdir()) == []
+    post.write_text(post.read_text().replace("< -1", "< 2"))
+    monkeypatch.setattr(verdicts, "_sources", lambda: ["another runner"])
+    parsed = _parsed(monkeypatch)
+    assert _verify(post, config).posts[0].status == "passed"
+    assert parsed == [str(post)]  # a runner changed in place replays nothing of the old one
