@@ -19,8 +19,11 @@ Then, for issue 13 ("Blog scale"):
   scale       50, 200 and 1000 light posts (`--scale`): cold (--no-cache --jobs 2, warm
               kernels) and cached verify (median of 3), the runner's peak RSS; 1 job
               against 2 at 200
-  stages      each stage alone, in-process, at each size (read and plan, shard, cache look-up,
-              the whole cached run, the reports): time per post, which a quadratic step grows
+  stages      each stage alone, in-process, at each size (read and plan, the same replayed
+              from verdicts, shard, cache look-up, the whole cached run, the reports): time
+              per post, which a quadratic step grows
+
+A cached verify replays each passed post's verdict (runner/verdicts.py): no post is parsed.
   shards      2-4 shards simulated from the largest run's report plus a 60 s TensorFlow post:
               the slowest shard against the fastest, by time (`--durations`) and by count
 
@@ -110,7 +113,7 @@ print(primes[:3])
 ```
 """
 FAILED: list[str] = []  # the runs that exited non-zero
-STAGES = ("read+plan", "shard", "cache look-up", "cached run", "reports")
+STAGES = ("read+plan", "replay", "shard", "cache look-up", "cached run", "reports")
 SETS = {"light": (LIGHT, "sklearn"), "sklearn": (SKLEARN, "sklearn"),
         "tensorflow": (TENSORFLOW, "tensorflow")}
 
@@ -317,10 +320,19 @@ def scale_post(base: Path, project: config.Config) -> str:
 
 def stages(folder: Path, project: config.Config, cold: Path, out: Path) -> dict[str, float]:
     """The best time (`best`) of each stage alone, in-process, on the posts (cache filled):
-    read and plan, shard (2 shards, by the cold run's durations), cache look-up, the whole
-    cached run, and the reports (JSON, JUnit XML, terminal) of that run."""
+    read and plan (every post parsed), replay (each post's verdict instead), shard (2 shards,
+    by the cold run's durations), cache look-up, the whole cached run (replayed), and the
+    reports (JSON, JUnit XML, terminal) of that run."""
     from runner import report as reports
-    from runner.run import Options, look_up_cache, post_paths, read_and_plan, run_posts, shard
+    from runner.run import (
+        Options,
+        look_up_cache,
+        open_verdicts,
+        post_paths,
+        read_and_plan,
+        run_posts,
+        shard,
+    )
 
     out.mkdir()
     options = Options()
@@ -335,6 +347,8 @@ def stages(folder: Path, project: config.Config, cold: Path, out: Path) -> dict[
 
     work: dict[str, Callable[[], object]] = {
         "read+plan": lambda: read_and_plan(post_paths([folder], project), project, options),
+        "replay": lambda: read_and_plan(post_paths([folder], project), project, options,
+                                        open_verdicts(project, options)),
         "shard": lambda: [shard(planned, (k, 2), durations) for k in (1, 2)],
         "cache look-up": lambda: look_up_cache(planned, project, options),
         "cached run": lambda: run_posts([folder], project, options),
