@@ -18,7 +18,9 @@ The layers, from the outside in:
    (unless the post opts in) network namespaces; only its own session folder of the run's
    folder kept (scratch and connection files); private size-capped /tmp and /dev/shm (HOME is
    /tmp/home); all capabilities dropped, no_new_privs. The kernel runs as pid 2 under a small
-   init; when the kernel, its reaper or the runner goes, the namespace and all in it goes.
+   init (a forked kernel's init is forked by the server straight into the new pid namespace;
+   one started from scratch has a reaper outside); when the kernel, its init (or reaper) or
+   the runner goes, the namespace and all in it goes.
 3. Cgroups (memory, pids) made by the kernel's launcher outside the sandbox where the machine
    allows, joined by an open `cgroup.procs`; otherwise rlimits only (`limits_line`).
 """
