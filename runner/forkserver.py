@@ -108,7 +108,7 @@ def _fork_kernel(server: socket.socket, connection: socket.socket,
         request = json.loads(connection.makefile("rb").readline())  # then one JSON line
         limits = json.loads(request["env"].get("RUNNER_KERNEL_LIMITS", "{}"))
         connection.settimeout(None)
-        pid = _fork_in_pid_namespace() if limits.get("sandbox") else os.fork()
+        pid, init = _fork_in_pid_namespace() if limits.get("sandbox") else (os.fork(), False)
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -121,7 +121,7 @@ def _fork_kernel(server: socket.socket, connection: socket.socket,
     for inherited in (server, connection, *others):  # other sessions' launchers are not ours
         inherited.close()
     try:
-        _become_kernel(request, fds)
+        _become_kernel(request, fds, init)
     finally:
         os._exit(1)
 
@@ -198,13 +198,23 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
     os.makedirs(SESSION_HOME, exist_ok=True)
 
 
-def _fork_in_pid_namespace() -> int:
-    """`os.fork`, the child made pid 1 of a new pid namespace: the session's init, with no
-    reaper outside it that only waits (each a copy of the whole server to make, fault in and
-    end: about 7 ms of CPU a session). `unshare` moves only the children to come into the new
-    namespace, so the server's own one is taken back at once for its next child."""
+_NAMESPACE_FORKS: list[bool] = []  # whether this server may fork into new pid namespaces
+
+
+def _fork_in_pid_namespace() -> tuple[int, bool]:
+    """`os.fork`, the child made pid 1 of a new pid namespace (True): the session's init, with
+    no reaper outside it that only waits (each a copy of the whole server to make, fault in
+    and end: about 7 ms of CPU a session). `unshare` moves only the children to come into the
+    new namespace, so the server takes its own back (`setns`) at once for its next child.
+    Where it may not (tried once, before any child depends on it), a plain fork (False): the
+    child makes its namespace itself, with a reaper."""
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if not _NAMESPACE_FORKS:
+            _NAMESPACE_FORKS.append(_libc().unshare(CLONE_NEWPID) == 0
+                                    and _libc().setns(own, CLONE_NEWPID) == 0)
+        if not _NAMESPACE_FORKS[0]:
+            return os.fork(), False
         _check(_libc().unshare(CLONE_NEWPID), "unshare")
         pid = -1
         try:
@@ -214,7 +224,7 @@ def _fork_in_pid_namespace() -> int:
                 _check(_libc().setns(own, CLONE_NEWPID), "setns")
     finally:
         os.close(own)
-    return pid
+    return pid, True
 
 
 def _session_view(limits: dict[str, Any]) -> None:
@@ -419,7 +429,9 @@ def session(argv: list[str]) -> None:
     _run_kernel(argv)
 
 
-def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
+def _become_kernel(request: dict[str, Any], fds: list[int], init: bool) -> None:
+    """This child becomes the session's kernel (`init`: it is pid 1 of a new pid namespace
+    already, and forks the kernel as pid 2)."""
     os.setsid()
     for target, fd in zip((0, 1, 2), fds[:3], strict=True):
         os.dup2(fd, target)
@@ -428,9 +440,9 @@ def _become_kernel(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
-    if limits.get("sandbox"):  # this process is pid 1 of a pid namespace of its own
+    if limits.get("sandbox"):
         joined = join_cgroups(dict(zip(request.get("cgroups", []), fds[3:], strict=False)))
-        enter_session(limits, forked=True)  # returns in the kernel, pid 2
+        enter_session(limits, forked=init)  # returns in the kernel, pid 2
         apply_rlimits(limits, joined)
     else:  # no sandbox here: the limits of old, and a watch on the launcher
         apply_limits()
@@ -553,10 +565,8 @@ if __name__ == "__main__":
     if command == "can-isolate":
         sys.exit(0 if without_network() else 1)
     if command == "can-sandbox":  # run inside bubblewrap: can a session's namespaces be made?
-        own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
         _check(_libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
                                | CLONE_NEWNET), "unshare")
-        _check(_libc().setns(own_pid_namespace, CLONE_NEWPID), "setns")  # as the server does
         sys.exit(0)
     if command == "serve":
         serve(sys.argv[2], sys.argv[3:])

@@ -136,3 +136,48 @@ def _alive(pid: int) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+FORKS = """
+import os, sys
+sys.path.insert(0, {folder!r})
+import forkserver
+if {refused}:
+    forkserver._NAMESPACE_FORKS.append(False)  # setns refused: a fake fault (root may)
+seen = []
+for _ in range(2):  # the second child too: the server took its own namespace back
+    read, write = os.pipe()
+    pid, init = forkserver._fork_in_pid_namespace()
+    if pid == 0:
+        os.write(write, str(os.getpid()).encode())
+        os._exit(0)
+    os.close(write)
+    seen.append((int(os.read(read, 20)), init))
+    os.waitpid(pid, 0)
+print(seen, os.readlink("/proc/self/ns/pid_for_children") == os.readlink("/proc/self/ns/pid"))
+"""
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_the_server_forks_each_init_into_a_new_pid_namespace_or_falls_back(
+        tmp_path: Path, refused: bool) -> None:
+    """Each sandboxed session's init is pid 1 of a namespace of its own, forked by the server
+    (no reaper); where the server may not take its own namespace back, plain forks."""
+    import ast
+    import subprocess
+    import sys
+
+    import runner.forkserver
+
+    if os.geteuid() != 0:
+        pytest.skip("unshare(CLONE_NEWPID) outside a sandbox needs root here")
+    folder = str(Path(runner.forkserver.__file__).parent)
+    done = subprocess.run([sys.executable, "-c", FORKS.format(folder=folder, refused=refused)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    seen, same_namespace = done.stdout.rsplit(" ", 1)
+    if refused:
+        assert all(pid != 1 and not init for pid, init in ast.literal_eval(seen))
+    else:
+        assert ast.literal_eval(seen) == [(1, True), (1, True)]
+    assert same_namespace.strip() == "True"  # its next child is made in its own again
