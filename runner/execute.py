@@ -568,9 +568,10 @@ class _Client(NotebookClient):
     """nbclient's client with a quicker readiness check and bounded output.
 
     jupyter_client's `wait_for_ready` ends by waiting for 0.2 s of silence on iopub, once per
-    kernel; here the kernel is ready as soon as its reply to `kernel_info` has come and iopub
-    has carried that request's status (which proves the subscription is live). Until then it
-    asks again, as jupyter_client does.
+    kernel; here the kernel is ready as soon as its reply to the first request (the session's
+    setup request, else `kernel_info`) has come and iopub has carried that request's status
+    (which proves the subscription is live). Until then it asks `kernel_info` again, as
+    jupyter_client does.
 
     Output is counted against the cell's budget as it streams in: past it, messages are
     dropped at once (counted), so a flood of output keeps the runner's memory bounded; and
