@@ -104,13 +104,14 @@ def load(folder: Path, key: str, session: Session,
 
 
 def store(folder: Path, key: str, results: Sequence[SnippetResult],
-          warn: Callable[[str], None] = print_warning) -> None:
+          warn: Callable[[str], None] = print_warning) -> bool:
     """Store a session's results when every snippet passed (or was skipped on purpose): one
     atomic rename under the entry's lock (its `.lock` file lives in the cache folder). Whatever
     stands at the entry's path (a folder, a FIFO) is replaced; a lock held for over
-    LOCK_SECONDS, or a write that fails, skips storing with a warning: never an error."""
+    LOCK_SECONDS, or a write that fails, skips storing with a warning: never an error. True
+    when stored."""
     if any(r.status == "failed" or r.not_run_after is not None for r in results):
-        return
+        return False
     from filelock import FileLock, Timeout  # here: a run the cache answers never stores
 
     path = entry(folder, key)
@@ -125,6 +126,9 @@ def store(folder: Path, key: str, results: Sequence[SnippetResult],
         warn(f"not caching {path}: its lock was held for over {LOCK_SECONDS:g} s")
     except OSError as exc:
         warn(f"not caching {path}: {exc.strerror or exc}")
+    else:
+        return True
+    return False
 
 
 def _make_room(path: Path, folder: bool) -> None:

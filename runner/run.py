@@ -148,7 +148,7 @@ async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | Non
     verdicts = open_verdicts(config, options)
     planned = shard(read_and_plan(post_paths(paths, config), config, options, verdicts),
                     options.shard, shard_durations(options))
-    jobs = look_up_cache(planned, config, options)
+    jobs = look_up_cache(planned, config, options, verdicts)
     built = await build_envs(jobs, config)
     tally = _Tally(planned, jobs, config, options, on_post_done, verdicts)
     await execute(jobs, built, config, options, tally.session_done)
@@ -180,10 +180,15 @@ def open_verdicts(config: Config, options: Options) -> verdict_store.Verdicts | 
 
 def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
                   verdicts: verdict_store.Verdicts | None = None) -> list[Planned]:
-    """Each post read and planned, or replayed from its verdict (with the cache on)."""
+    """Each post read and planned, or replayed from its verdict (with the cache on). The files
+    beside a planned post are seen for its verdict now, before they are read."""
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
     replay = verdicts if options.cache else None
-    return [_plan_one(path, config, overrides, options.keep_going, replay) for path in paths]
+    planned = [_plan_one(path, config, overrides, options.keep_going, replay) for path in paths]
+    for item in planned:
+        if verdicts is not None and item.post is not None:
+            verdicts.see_beside(item.path.parent)
+    return planned
 
 
 def _plan_one(path: Path, config: Config, overrides: dict[str, str],
@@ -245,9 +250,11 @@ def shard(planned: list[Planned], part: tuple[int, int] | None,
     return [item for item, target in zip(planned, chosen, strict=True) if target == k - 1]
 
 
-def look_up_cache(planned: list[Planned], config: Config, options: Options) -> list[Job]:
+def look_up_cache(planned: list[Planned], config: Config, options: Options,
+                  verdicts: verdict_store.Verdicts | None = None) -> list[Job]:
     """Every session as a job with its cache key and, with the cache on (and no determinism
-    check), the results stored for it: a hit builds no env and starts no kernel."""
+    check), the results stored for it: a hit builds no env and starts no kernel (its entry
+    seen for the post's verdict before it is read)."""
     read = options.cache and not options.check_determinism
     jobs = []
     beside: dict[Path, tuple[tuple[Path, ...], str]] = {}  # once per folder
@@ -259,6 +266,8 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options) -> l
         for session in item.sessions:
             key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
                                     beside[folder][1])
+            if verdicts is not None and read:
+                verdicts.see(cache.entry(config.cache_dir, key))
             hit = cache.load(config.cache_dir, key, session, say) if read else None
             jobs.append(Job(index, session, key, hit, beside[folder][0]))
     return jobs
@@ -280,7 +289,7 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
                   done: Callable[[Job, tuple[SnippetResult, ...]], None]) -> None:
     """Run the jobs that are not cache hits, `options.jobs` at a time, each in a kernel of its
     env (forked from the env's warm server where two or more sessions share the env); `done`
-    gets each job's results as it ends."""
+    gets each job's results as it ends (and stores them: `_Tally.session_done`)."""
     jobs = [job for job in jobs if job.hit is None]
     if not jobs:  # all cached (or nothing to run): no run folder, no servers, no sandbox probe
         return
@@ -321,8 +330,6 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
                 await servers.ready(job.session.env)
                 results = await _run_session(job.session, env, setups[env.spec.name], deadline,
                                              turn, job.beside)
-        if not options.check_determinism:
-            cache.store(config.cache_dir, job.key, results, say)
         done(job, results)
 
     with _SignalStop(servers):
@@ -367,6 +374,16 @@ class _Tally:
         self._count_sessions()
 
     def session_done(self, job: Job, results: tuple[SnippetResult, ...]) -> None:
+        """A session's results: stored in the cache when it ran (not with a determinism
+        check), and the post settled once all its sessions are in."""
+        if job.hit is None and not self.options.check_determinism:
+            stored = cache.store(self.config.cache_dir, job.key, results, say)
+            if self.verdicts is not None:
+                entry = cache.entry(self.config.cache_dir, job.key)
+                if stored:
+                    self.verdicts.see(entry)
+                else:  # not this run's results: the post's verdict is not kept
+                    self.verdicts.unseen(entry)
         self.results[job.post] += results
         self.remaining[job.post] -= 1
         if self.final and not self.remaining[job.post]:
@@ -384,6 +401,8 @@ class _Tally:
                                         self._render_options())
         if post is not None:
             results = [explain_split(post, item.sessions, r) for r in results]
+        if self.verdicts is not None and post is not None:
+            self.verdicts.see_figures(self._figures(item.path))  # before they are compared
         outcome = settle(item, tuple(results), self.config, self.options.mode,
                          self._render_options(), ignore_stamp=self.options.ignore_stamp)
         self._keep_verdict(index, outcome)
@@ -400,9 +419,11 @@ class _Tally:
             return
         entries = [cache.entry(self.config.cache_dir, job.key) for job in self.jobs
                    if job.post == index]
-        figures = item.path.parent / figure_folder(str(item.path), self.config.figures)
-        self.verdicts.keep(item.path, item.post.text, outcome, entries, figures,
-                           outcome.fresh.pictures)
+        self.verdicts.keep(item.path, item.post.text, outcome, entries,
+                           self._figures(item.path))
+
+    def _figures(self, post: Path) -> Path:
+        return post.parent / figure_folder(str(post), self.config.figures)
 
     def _done(self, index: int, outcome: PostOutcome) -> None:
         self.settled[index] = outcome

@@ -32,9 +32,11 @@ import json
 import os
 import re
 import sys
+import time
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, cast
 
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
@@ -47,6 +49,7 @@ FORMAT = 1
 MAX_BYTES = 64 * 2**20  # a verdict larger than this is a miss (and is removed)
 PARSERS = ("markdown_it", "yaml")  # their sources decide how a post parses
 Signature = list[int] | None  # a file's stat (None: absent)
+RACY_NS = 2 * 10**9  # a file changed more recently than this is not vouched for (see Verdicts)
 
 
 def fingerprint(value: Any) -> Any:
@@ -93,18 +96,53 @@ def _sources() -> list[Any]:
 
 
 class Verdicts:
-    """The verdicts of one run: `replay` before a post is parsed, `keep` once it passed."""
+    """The verdicts of one run: `replay` before a post is parsed, `keep` once it passed.
+
+    What a verdict records of each file is its stat when the run read it (`see`: before the
+    read, or right after the run wrote it), never later: a file changed while the run went on
+    must not be vouched for by results made from its old bytes. A file changed within RACY_NS
+    of that moment is not vouched for at all (as git's racily clean files): where timestamps
+    are coarse (a jiffy, or FAT's 2 s), a second write in the same tick keeps the same stat."""
 
     def __init__(self, folder: Path, decided_by: Any) -> None:
         self.folder = folder
         decided = json.dumps([FORMAT, __version__, sys.version, _sources(), decided_by],
                              sort_keys=True)
         self.decided_by = hashlib.sha256(decided.encode()).hexdigest()
-        self._beside: dict[Path, list[str]] = {}
+        self._seen: dict[Path, Signature] = {}  # a file's stat when the run read it
+        self._beside: dict[Path, list[str]] = {}  # once a run: a folder of posts, one listing
+        self._figures: dict[Path, list[str]] = {}  # a post's figure folder, before settling
 
     def _path(self, post: Path) -> Path:
         name = json.dumps([str(post), os.path.abspath(post), self.decided_by])
         return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()}.json"
+
+    def see(self, path: Path) -> None:
+        """`path` as the run reads it now (or has just written it); None where it is absent,
+        or changed too recently to vouch for."""
+        sig = signature(path)
+        racy = sig is not None and time.time_ns() - max(sig[3], sig[4]) < RACY_NS
+        self._seen[path] = None if racy else sig
+
+    def unseen(self, path: Path) -> None:
+        """`path` is not what the run's results came from (its entry was not stored)."""
+        self._seen[path] = None
+
+    def see_beside(self, folder: Path) -> list[str]:
+        """The files beside the posts of `folder` (`cache.files_beside`), seen once a run,
+        before their bytes are read for the cache key or copied for a kernel."""
+        if folder not in self._beside:
+            self._beside[folder] = [p.name for p in files_beside(folder)]
+            for name in self._beside[folder]:
+                self.see(folder / name)
+        return self._beside[folder]
+
+    def see_figures(self, folder: Path) -> list[str]:
+        """A post's figure folder, seen before the post is settled (its figures compared)."""
+        self._figures[folder] = [p.name for p in sorted(folder.glob(FIGURE_GLOB))]
+        for name in self._figures[folder]:
+            self.see(folder / name)
+        return self._figures[folder]
 
     def replay(self, post: Path, text: str) -> PostOutcome | None:
         """The post's kept outcome, when its text and every file it was decided from are as
@@ -122,33 +160,27 @@ class Verdicts:
             return None
 
     def _unchanged(self, data: dict[str, Any]) -> bool:
-        return (all(signature(Path(p)) == sig for p, sig in data["files"])
-                and all(self._listing(kind, Path(folder)) == names
-                        for kind, folder, names in data["listings"]))
-
-    def _listing(self, kind: str, folder: Path) -> list[str]:
-        """The names that decide in `folder`: the files beside a post (listed once a run: a
-        folder of a thousand posts is one listing), or its figures."""
-        if kind != "beside":
-            return [p.name for p in sorted(folder.glob(FIGURE_GLOB))]
-        if folder not in self._beside:
-            self._beside[folder] = [p.name for p in files_beside(folder)]
-        return self._beside[folder]
+        beside, figures = (Path(_typed(folder, str)) for folder in data["folders"])
+        return (self.see_beside(beside) == data["beside"]
+                and [p.name for p in sorted(figures.glob(FIGURE_GLOB))] == data["figures"]
+                and all(signature(Path(p)) == sig for p, sig in data["files"]))
 
     def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Iterable[Path],
-             figures: Path, pictures: Iterable[Path]) -> None:
-        """Keep a passed post's outcome with what decided it: `entries` its results' cache
-        entries, `figures` its figure folder, `pictures` its figure files."""
-        entries = list(entries)
-        if any(signature(p) is None for p in entries):
-            return  # an entry not stored (its lock was held): nothing to replay from
+             figures: Path) -> None:
+        """Keep a passed post's outcome with what decided it, as the run saw it: `entries`
+        its results' cache entries, `figures` its figure folder (`see_figures` before it was
+        settled). Not kept where any of them was not seen, was absent or too recent."""
         folder = post.parent
-        beside, drawn = self._listing("beside", folder), self._listing("figures", figures)
-        files = [*entries, *(folder / n for n in beside), *(figures / n for n in drawn),
-                 *pictures]
-        data = {"post": _digest(text),
-                "files": [[str(p), signature(p)] for p in dict.fromkeys(files)],
-                "listings": [["beside", str(folder), beside], ["figures", str(figures), drawn]],
+        beside, drawn = self.see_beside(folder), self._figures.get(figures)
+        if drawn is None:
+            return
+        files = [*entries, *(folder / n for n in beside), *(figures / n for n in drawn)]
+        seen = [self._seen.get(p) for p in files]
+        if any(sig is None for sig in seen):
+            return
+        data = {"post": _digest(text), "folders": [str(folder), str(figures)],
+                "beside": beside, "figures": drawn,
+                "files": [[str(p), sig] for p, sig in zip(files, seen, strict=True)],
                 "outcome": _outcome_data(outcome)}
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -196,20 +228,21 @@ def _outcome(path: str, data: dict[str, Any]) -> PostOutcome:
     if data["status"] != "passed":
         raise ValueError(f"status {data['status']!r} is never kept")
     results = tuple(_result(path, item) for item in data["snippets"])
-    return PostOutcome(path, "passed", snippets=results, stamp_stale=_typed(data["stamp_stale"],
-                                                                             bool))
+    return PostOutcome(path, "passed", snippets=results,
+                       stamp_stale=_typed(data["stamp_stale"], bool))
 
 
 def _result(path: str, item: dict[str, Any]) -> SnippetResult:
+    """A kept result, each value of the type it was kept as (else TypeError: a miss)."""
     given = item["snippet"]
     region = given["output"]
     snippet = Snippet(path, _typed(given["line"], int), _typed(given["code"], str),
-                      Markers(**given["markers"]), _typed(given["hidden"], bool),
+                      _fields(Markers, given["markers"]), _typed(given["hidden"], bool),
                       _typed(given["anchor"], int), _typed(given["prefix"], str),
                       None if region is None else Region(*_ints(region, 2)),
                       _typed(given["start"], int))
     output = item["output"]
-    parts = tuple(Part(kind, _typed(text, str), _typed(html, str), bytes.fromhex(png))
+    parts = tuple(Part(_kind(kind), _typed(text, str), _typed(html, str), bytes.fromhex(png))
                   for kind, text, html, png in output["parts"])
     if item["status"] not in ("passed", "skipped"):
         raise ValueError(f"status {item['status']!r} is never kept")
@@ -217,14 +250,34 @@ def _result(path: str, item: dict[str, Any]) -> SnippetResult:
     return SnippetResult(
         snippet, _typed(item["env"], str), item["status"],
         Output(_typed(output["stdout"], str), _typed(output["stderr"], str), parts),
-        None if error is None else ErrorInfo(**error),
-        reason=item["reason"], duration_s=float(item["duration_s"]), cached=True,
-        not_run_after=item["not_run_after"])
+        None if error is None else _fields(ErrorInfo, error),
+        reason=_typed(item["reason"], str | None),
+        duration_s=float(_typed(item["duration_s"], int | float)), cached=True,
+        not_run_after=_typed(item["not_run_after"], int | None))
 
 
-def _typed(value: Any, kind: type) -> Any:
+_Kept = TypeVar("_Kept")
+
+
+def _fields(cls: type[_Kept], values: dict[str, Any]) -> _Kept:
+    """`cls(**values)`, each value checked against its field's type (`str | None`, ...)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name not in hints:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        _typed(value, float | int | None if hints[name] == float | None else hints[name])
+    return cls(**values)
+
+
+def _kind(value: Any) -> Literal["text", "table", "image"]:
+    if value not in ("text", "table", "image"):
+        raise ValueError(f"part kind {value!r} is never kept")
+    return cast(Literal["text", "table", "image"], value)
+
+
+def _typed(value: Any, kind: Any) -> Any:
     if not isinstance(value, kind):
-        raise TypeError(f"{type(value).__name__} where {kind.__name__} was kept")
+        raise TypeError(f"{type(value).__name__} where {kind} was kept")
     return value
 
 

@@ -73,13 +73,15 @@ def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
                                                       Part("image", "fig", png=b"\x89PNG\0")))),
                SnippetResult(skipped, "sklearn", "skipped", reason="slow", duration_s=0.25))
     outcome = PostOutcome(str(post), "passed", snippets=results, stamp_stale=True)
-    store.keep(post, "text", outcome, [], tmp_path / "p", [])
+    store.see_figures(tmp_path / "p")
+    store.keep(post, "text", outcome, [], tmp_path / "p")
     back = store.replay(post, "text")
     assert back == replace(outcome, snippets=tuple(replace(r, cached=True) for r in results))
     assert store.replay(post, "text!") is None  # other bytes: not this post's verdict
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong type", "failed", "symlink"])
+@pytest.mark.parametrize("damage", ["truncated", "wrong type", "failed", "symlink", "reason",
+                                    "part kind", "marker"])
 def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path,
                                                                 damage: str) -> None:
     store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
@@ -87,7 +89,8 @@ def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path
     snippet = Snippet(str(post), 1, "print(1)\n", Markers())
     outcome = PostOutcome(str(post), "passed",
                           snippets=(SnippetResult(snippet, "sklearn", "passed"),))
-    store.keep(post, "text", outcome, [], tmp_path / "p", [])
+    store.see_figures(tmp_path / "p")
+    store.keep(post, "text", outcome, [], tmp_path / "p")
     [kept] = (tmp_path / "verdicts").iterdir()
     data = json.loads(kept.read_text())
     if damage == "truncated":
@@ -97,6 +100,15 @@ def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path
         kept.write_text(json.dumps(data))
     elif damage == "failed":  # only passes are ever kept
         data["outcome"]["status"] = "failed"
+        kept.write_text(json.dumps(data))
+    elif damage in ("reason", "part kind", "marker"):  # each would reach the reports
+        item = data["outcome"]["snippets"][0]
+        if damage == "reason":
+            item["reason"] = {"a": 1}
+        elif damage == "part kind":
+            item["output"]["parts"] = [["bogus", "", "", ""]]
+        else:
+            item["snippet"]["markers"]["skip"] = 3
         kept.write_text(json.dumps(data))
     else:
         target = tmp_path / "elsewhere.json"
@@ -126,6 +138,7 @@ def _parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.kernel
 def test_a_passed_post_is_replayed_until_anything_that_decided_it_changes(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)  # files just written are vouched for at once
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "blog" / "p.md"
     post.parent.mkdir()
@@ -178,6 +191,7 @@ def test_a_passed_post_is_replayed_until_anything_that_decided_it_changes(
 @pytest.mark.kernel
 def test_a_post_that_stops_passing_forgets_its_verdict(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "p.md"
     post.write_text("```python runner:env=sklearn\nimport random\nprint(random.random() < 2)\n"
@@ -193,3 +207,48 @@ def test_a_post_that_stops_passing_forgets_its_verdict(
     parsed = _parsed(monkeypatch)
     assert _verify(post, config).posts[0].status == "passed"
     assert parsed == [str(post)]  # a runner changed in place replays nothing of the old one
+
+
+@pytest.mark.kernel
+def test_a_file_changed_during_the_run_is_never_vouched_for(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data file edited while its post runs: the results came from its old bytes, so no
+    later run may replay them as the new file's (its stat is taken when the run reads it)."""
+    import threading
+    import time
+
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)  # the order of stat and read alone
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "blog" / "p.md"
+    post.parent.mkdir()
+    data = post.parent / "data.txt"
+    data.write_text("hello\n")
+    post.write_text(POST + "\n```python\nimport time\ntime.sleep(3)\n```\n")
+    assert _verify(post, config, mode="update").posts[0].written
+    edit = threading.Timer(1.5, lambda: data.write_text("world\n"))
+    edit.start()
+    _verify(post, config, cache=False)  # passes or not, by when the kernel copied the file
+    edit.join()
+    time.sleep(0.05)
+    assert _verify(post, config).posts[0].status == "stale"
+    assert _verify(post, config).posts[0].status == "stale"
+
+
+@pytest.mark.kernel
+def test_files_changed_just_now_are_not_vouched_for(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where timestamps are coarse, a second write in the same tick keeps a file's stat: a
+    file changed within RACY_NS of the run keeps the post from being kept (git's racily
+    clean files); once older, the next run keeps it."""
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "blog" / "p.md"
+    post.parent.mkdir()
+    (post.parent / "data.txt").write_text("hello\n")
+    post.write_text(POST)
+    _verify(post, config, mode="update")
+    monkeypatch.setattr(verdicts, "RACY_NS", 3600 * 10**9)  # everything here is recent
+    assert _verify(post, config).posts[0].status == "passed"
+    assert not (config.cache_dir / "verdicts").exists()
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    assert _verify(post, config).posts[0].status == "passed"
+    assert len(list((config.cache_dir / "verdicts").iterdir())) == 1
