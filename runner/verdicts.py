@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -261,12 +262,17 @@ _Kept = TypeVar("_Kept")
 
 def _fields(cls: type[_Kept], values: dict[str, Any]) -> _Kept:
     """`cls(**values)`, each value checked against its field's type (`str | None`, ...)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cast(type, cls))
     for name, value in values.items():
         if name not in hints:
             raise TypeError(f"{cls.__name__} has no field {name!r}")
         _typed(value, float | int | None if hints[name] == float | None else hints[name])
     return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _kind(value: Any) -> Literal["text", "table", "image"]:
