@@ -267,7 +267,7 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options,
             key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
                                     beside[folder][1])
             if verdicts is not None and read:
-                verdicts.see(cache.entry(config.cache_dir, key))
+                verdicts.see(cache.entry(config.cache_dir, key), renamed=True)
             hit = cache.load(config.cache_dir, key, session, say) if read else None
             jobs.append(Job(index, session, key, hit, beside[folder][0]))
     return jobs
@@ -381,7 +381,7 @@ class _Tally:
             if self.verdicts is not None:
                 entry = cache.entry(self.config.cache_dir, job.key)
                 if stored:
-                    self.verdicts.see(entry)
+                    self.verdicts.see(entry, renamed=True)
                 else:  # not this run's results: the post's verdict is not kept
                     self.verdicts.unseen(entry)
         self.results[job.post] += results

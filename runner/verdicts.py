@@ -103,7 +103,8 @@ class Verdicts:
     read, or right after the run wrote it), never later: a file changed while the run went on
     must not be vouched for by results made from its old bytes. A file changed within RACY_NS
     of that moment is not vouched for at all (as git's racily clean files): where timestamps
-    are coarse (a jiffy, or FAT's 2 s), a second write in the same tick keeps the same stat."""
+    are coarse (a jiffy, or FAT's 2 s), a second write in the same tick keeps the same stat.
+    Cache entries are exempt: each is replaced whole by a rename, a new inode every time."""
 
     def __init__(self, folder: Path, decided_by: Any) -> None:
         self.folder = folder
@@ -118,11 +119,13 @@ class Verdicts:
         name = json.dumps([str(post), os.path.abspath(post), self.decided_by])
         return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()}.json"
 
-    def see(self, path: Path) -> None:
+    def see(self, path: Path, renamed: bool = False) -> None:
         """`path` as the run reads it now (or has just written it); None where it is absent,
-        or changed too recently to vouch for."""
+        or changed too recently to vouch for. `renamed`: a file only ever replaced whole by a
+        rename (a cache entry), whose new inode tells any change however coarse the clock."""
         sig = signature(path)
-        racy = sig is not None and time.time_ns() - max(sig[3], sig[4]) < RACY_NS
+        racy = (sig is not None and not renamed
+                and time.time_ns() - max(sig[3], sig[4]) < RACY_NS)
         self._seen[path] = None if racy else sig
 
     def unseen(self, path: Path) -> None:

@@ -252,3 +252,10 @@ def test_files_changed_just_now_are_not_vouched_for(
     monkeypatch.setattr(verdicts, "RACY_NS", 0)
     assert _verify(post, config).posts[0].status == "passed"
     assert len(list((config.cache_dir / "verdicts").iterdir())) == 1
+    alone = tmp_path / "alone" / "q.md"  # no file beside it: its cache entry alone
+    alone.parent.mkdir()
+    alone.write_text("```python runner:env=sklearn\nprint(6 * 7)\n```\n")
+    _verify(alone, config, mode="update")
+    monkeypatch.setattr(verdicts, "RACY_NS", 3600 * 10**9)
+    assert _verify(alone, config).posts[0].status == "passed"  # an entry is renamed whole:
+    assert len(list((config.cache_dir / "verdicts").iterdir())) == 2  # a new inode tells
