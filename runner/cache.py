@@ -179,7 +179,7 @@ def _result(snippet: Any, env: str, item: dict[str, Any],
     def text(value: object) -> str:
         return unanchored(_text(value), snippets)
 
-    parts = tuple(Part(_kind(p["kind"]), text(p["text"]), _text(p["html"]),
+    parts = tuple(Part(part_kind(p["kind"]), text(p["text"]), _text(p["html"]),
                        base64.b64decode(_text(p["png"]), validate=True)) for p in item["parts"])
     output = Output(text(item["stdout"]), text(item["stderr"]), parts)
     reason = item["reason"] if item["reason"] is None else _text(item["reason"])
@@ -194,7 +194,8 @@ def _text(value: object) -> str:
     return value
 
 
-def _kind(value: object) -> Literal["text", "table", "image"]:
+def part_kind(value: object) -> Literal["text", "table", "image"]:
+    """A stored part's kind, checked (an entry's or a verdict's): ValueError for any other."""
     if value not in ("text", "table", "image"):
         raise ValueError(f"part kind {value!r} is never stored")
     return value

@@ -352,6 +352,9 @@ class _Tally:
                  verdicts: verdict_store.Verdicts | None = None) -> None:
         self.planned, self.jobs, self.config, self.options = planned, jobs, config, options
         self.on_post_done, self.verdicts = on_post_done, verdicts
+        self.entries: dict[int, list[Path]] = {}  # each post's sessions' cache entries
+        for job in jobs:
+            self.entries.setdefault(job.post, []).append(cache.entry(config.cache_dir, job.key))
         self.results: list[list[SnippetResult]] = [[] for _ in planned]
         self.first: list[list[SnippetResult]] = []  # the first pass, with --check-determinism
         self.settled: dict[int, PostOutcome] = {}
@@ -417,9 +420,7 @@ class _Tally:
         if outcome.status != "passed" or outcome.written or outcome.fresh is None:
             self.verdicts.forget(item.path)
             return
-        entries = [cache.entry(self.config.cache_dir, job.key) for job in self.jobs
-                   if job.post == index]
-        self.verdicts.keep(item.path, item.post.text, outcome, entries,
+        self.verdicts.keep(item.path, item.post.text, outcome, self.entries.get(index, []),
                            self._figures(item.path))
 
     def _figures(self, post: Path) -> Path:

@@ -37,11 +37,11 @@ import time
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
-from runner.cache import files_beside
+from runner.cache import files_beside, part_kind
 from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import PostOutcome
 from runner.writeback import FIGURE_GLOB
@@ -143,7 +143,7 @@ class Verdicts:
 
     def see_figures(self, folder: Path) -> list[str]:
         """A post's figure folder, seen before the post is settled (its figures compared)."""
-        self._figures[folder] = [p.name for p in sorted(folder.glob(FIGURE_GLOB))]
+        self._figures[folder] = _drawn(folder)
         for name in self._figures[folder]:
             self.see(folder / name)
         return self._figures[folder]
@@ -166,7 +166,7 @@ class Verdicts:
     def _unchanged(self, data: dict[str, Any]) -> bool:
         beside, figures = (Path(_typed(folder, str)) for folder in data["folders"])
         return (self.see_beside(beside) == data["beside"]
-                and [p.name for p in sorted(figures.glob(FIGURE_GLOB))] == data["figures"]
+                and _drawn(figures) == data["figures"]
                 and all(signature(Path(p)) == sig for p, sig in data["files"]))
 
     def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Iterable[Path],
@@ -193,6 +193,11 @@ class Verdicts:
     def forget(self, post: Path) -> None:
         """A post that did not pass: its old verdict (if any) goes."""
         _remove(self._path(post))
+
+
+def _drawn(folder: Path) -> list[str]:
+    """The figure files in a post's figure folder (what `posts.freshen` compares)."""
+    return [p.name for p in sorted(folder.glob(FIGURE_GLOB))]
 
 
 def _digest(text: str) -> str:
@@ -246,7 +251,7 @@ def _result(path: str, item: dict[str, Any]) -> SnippetResult:
                       None if region is None else Region(*_ints(region, 2)),
                       _typed(given["start"], int))
     output = item["output"]
-    parts = tuple(Part(_kind(kind), _typed(text, str), _typed(html, str), bytes.fromhex(png))
+    parts = tuple(Part(part_kind(kind), _typed(text, str), _typed(html, str), bytes.fromhex(png))
                   for kind, text, html, png in output["parts"])
     if item["status"] not in ("passed", "skipped"):
         raise ValueError(f"status {item['status']!r} is never kept")
@@ -276,12 +281,6 @@ def _fields(cls: type[_Kept], values: dict[str, Any]) -> _Kept:
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _kind(value: Any) -> Literal["text", "table", "image"]:
-    if value not in ("text", "table", "image"):
-        raise ValueError(f"part kind {value!r} is never kept")
-    return cast(Literal["text", "table", "image"], value)
 
 
 def _typed(value: Any, kind: Any) -> Any:
