@@ -7,6 +7,10 @@ stored, as jupyter-cache does: a failure is always run again. Each entry is one 
 by an atomic rename under a file lock, so two runs at once never see half an entry; an entry that
 cannot be read back (corrupt, too large, a folder, a FIFO, a symlink) is deleted with a warning
 and the session runs.
+
+The cache only grows when a run stores, so such a run sweeps it, once a day at most (`sweep`):
+an entry no run has read or written for MAX_AGE_S goes (as jupyter-cache's limit, or ccache's
+cleanup), unless a kept verdict still names it. Losing one costs a rerun, never a result.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from runner.portable import anchored, unanchored
 FORMAT = 2  # 2: output names the post's lines by snippet (portable.anchored)
 MAX_ENTRY_BYTES = 64 * 2**20  # an entry larger than this is a miss (and is removed)
 LOCK_SECONDS = 10.0  # waiting longer for an entry's lock: the results are not stored
+MAX_AGE_S = 30 * 86400.0  # an entry unused this long is swept away
+SWEEP_EVERY_S = 86400.0  # a cache folder is swept once a day at most
 
 
 def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = "") -> str:
@@ -151,6 +157,55 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink()
+
+
+def sweep_due(folder: Path, now: float) -> bool:
+    """Whether `folder` is due a sweep (its `.swept` stamp is a day old, or absent); if so the
+    stamp is renewed at once, so that runs at the same time do not all sweep."""
+    stamp = folder / ".swept"
+    with contextlib.suppress(FileNotFoundError):
+        if now - stamp.stat().st_mtime < SWEEP_EVERY_S:
+            return False
+    try:
+        stamp.touch()
+        os.utime(stamp, (now, now))
+    except OSError:
+        return False
+    return True
+
+
+def sweep(folder: Path, keep: set[str], now: float) -> int:
+    """Remove the entries of `folder` (with their lock files) that were neither read nor
+    written for MAX_AGE_S (by atime: where a file system does not keep it, by when the entry
+    was written) and are not in `keep` (absolute paths: this run's, those kept verdicts
+    name), and the lock files left without an entry as long. Never raises; the count removed."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as shelves:
+        for shelf in shelves:
+            if len(shelf.name) != 2 or not shelf.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError), os.scandir(shelf.path) as entries:
+                for item in entries:
+                    removed += _swept(item, keep, now)
+    return removed
+
+
+def _swept(item: os.DirEntry[str], keep: set[str], now: float) -> int:
+    name = item.name.removesuffix(".lock")
+    if not name.endswith(".json") or os.path.abspath(item.path.removesuffix(".lock")) in keep:
+        return 0
+    with contextlib.suppress(OSError):
+        info = item.stat(follow_symlinks=False)
+        if now - max(info.st_atime, info.st_mtime) < MAX_AGE_S:
+            return 0
+        if item.name.endswith(".lock") and os.path.lexists(item.path.removesuffix(".lock")):
+            return 0  # goes with its entry
+        os.unlink(item.path)
+        if not item.name.endswith(".lock"):
+            with contextlib.suppress(OSError):
+                os.unlink(item.path + ".lock")
+        return 1
+    return 0
 
 
 def entry(folder: Path, key: str) -> Path:

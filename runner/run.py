@@ -155,6 +155,8 @@ async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | Non
     if options.check_determinism:
         tally.second_pass()
         await execute(jobs, built, config, replace(options, cache=False), tally.session_done)
+    if tally.stored:
+        sweep_cache(config, verdicts, tally.used())
     return Run(tally.outcomes(), time.monotonic() - started)
 
 
@@ -340,6 +342,19 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
             servers.close()
 
 
+def sweep_cache(config: Config, verdicts: verdict_store.Verdicts | None, used: set[str]) -> None:
+    """A run that stored results sweeps the execution cache, once a day at most: what no run
+    has used for `cache.MAX_AGE_S` goes, except what this run `used` (absolute paths) and the
+    entries a remaining verdict names."""
+    now = time.time()
+    if not cache.sweep_due(config.cache_dir, now):
+        return
+    if verdicts is not None:
+        used = used | verdicts.used | verdicts.named
+    named = verdict_store.sweep(config.cache_dir / "verdicts", used, now, cache.MAX_AGE_S)
+    cache.sweep(config.cache_dir, used | named, now)
+
+
 # --- settling each post ------------------------------------------------------------------------
 
 
@@ -359,6 +374,7 @@ class _Tally:
         self.first: list[list[SnippetResult]] = []  # the first pass, with --check-determinism
         self.settled: dict[int, PostOutcome] = {}
         self.final = not options.check_determinism
+        self.stored = 0  # sessions whose results this run stored
         self._count_sessions()
 
     def _count_sessions(self) -> None:
@@ -381,6 +397,7 @@ class _Tally:
         check), and the post settled once all its sessions are in."""
         if job.hit is None and not self.options.check_determinism:
             stored = cache.store(self.config.cache_dir, job.key, results, say)
+            self.stored += stored
             if self.verdicts is not None:
                 entry = cache.entry(self.config.cache_dir, job.key)
                 if stored:
@@ -434,6 +451,10 @@ class _Tally:
     def _render_options(self) -> RenderOptions:
         return RenderOptions(self.config.patterns, self.config.max_output_lines,
                              self.config.tolerance, self.config.figures)
+
+    def used(self) -> set[str]:
+        """The cache entries of this run's sessions (absolute paths), hits and stores."""
+        return {os.path.abspath(entry) for entries in self.entries.values() for entry in entries}
 
     def outcomes(self) -> tuple[PostOutcome, ...]:
         return tuple(self.settled[index] for index in range(len(self.planned)))

@@ -20,6 +20,9 @@ keeps a new verdict when the post passes again. Only passes are kept, as in the 
 cache: a failed, stale or unreadable post always runs again, and a run with parameters or
 `--check-determinism` neither reads nor keeps verdicts. A verdict that cannot be read back
 is a miss, removed; one that cannot be written is not kept. Never an error.
+
+A verdict no run has replayed or kept for as long as the cache keeps an unused entry goes
+when the cache is swept (`sweep`); the others keep the cache entries they name.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ class Verdicts:
         self._seen: dict[Path, Signature] = {}  # a file's stat when the run read it
         self._beside: dict[Path, list[str]] = {}  # once a run: a folder of posts, one listing
         self._figures: dict[Path, list[str]] = {}  # a post's figure folder, before settling
+        self.used: set[str] = set()  # the verdicts this run replayed or kept (absolute paths)
+        self.named: set[str] = set()  # the files those name (absolute paths)
 
     def _path(self, post: Path) -> Path:
         name = json.dumps([str(post), os.path.abspath(post), self.decided_by])
@@ -156,7 +161,9 @@ class Verdicts:
             data = json.loads(read_regular(path, MAX_BYTES, follow_symlinks=False))
             if data["post"] != _digest(text) or not self._unchanged(data):
                 return None
-            return _outcome(str(post), data["outcome"])
+            outcome = _outcome(str(post), data["outcome"])
+            self._use(path, [file for file, _ in data["files"]])
+            return outcome
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
@@ -189,10 +196,42 @@ class Verdicts:
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self._path(post), json.dumps(data).encode(), durable=False)
+            self._use(self._path(post), [str(p) for p in files])
+
+    def _use(self, verdict: Path, files: list[str]) -> None:
+        self.used.add(os.path.abspath(verdict))
+        self.named.update(os.path.abspath(file) for file in files)
 
     def forget(self, post: Path) -> None:
         """A post that did not pass: its old verdict (if any) goes."""
         _remove(self._path(post))
+
+
+def sweep(folder: Path, used: set[str], now: float, max_age: float) -> set[str]:
+    """Remove the verdicts of `folder` that no run replayed or kept for `max_age` (by atime,
+    else by when kept), except those `used` by this run (`Verdicts.used`); the files the others
+    name (absolute paths), whose cache entries must stay (those of the `used` ones are in
+    `Verdicts.named`). A verdict that cannot be read is left to `replay` (it removes it).
+    Never raises."""
+    named: set[str] = set()
+    with contextlib.suppress(OSError), os.scandir(folder) as verdicts:
+        for item in verdicts:
+            if not item.name.endswith(".json"):
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+                if os.path.abspath(item.path) in used:
+                    continue
+                info = item.stat(follow_symlinks=False)
+                if now - max(info.st_atime, info.st_mtime) >= max_age:
+                    os.unlink(item.path)
+                    continue
+                data = json.loads(read_regular(Path(item.path), MAX_BYTES,
+                                               follow_symlinks=False))
+                named.update(os.path.abspath(_typed(file, str)) for file, _ in data["files"])
+                # this read is no use of the verdict: its atime goes back to what it was
+                os.utime(item.path, ns=(info.st_atime_ns, info.st_mtime_ns),
+                         follow_symlinks=False)
+    return named
 
 
 def _drawn(folder: Path) -> list[str]:

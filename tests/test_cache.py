@@ -215,3 +215,50 @@ def test_store_skips_with_a_warning_when_the_lock_stays_held(
     finally:
         holder.kill()
         holder.wait()
+
+
+DAY = 86400.0
+
+
+def _aged(path: Path, days: float) -> Path:
+    """`path` last read and written `days` ago."""
+    then = time.time() - days * DAY
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def test_sweep_removes_what_no_run_used_for_a_month_and_nothing_else(tmp_path: Path) -> None:
+    keys = {name: name[0] * 64 for name in ("old", "young", "kept", "read")}
+    for key in keys.values():
+        stored(tmp_path, key)
+    old, young, kept, read = (cache.entry(tmp_path, key) for key in keys.values())
+    for path in (old, kept, read):
+        _aged(path, 31)
+        _aged(Path(f"{path}.lock"), 31)
+    then = time.time() - 31 * DAY
+    os.utime(read, (time.time(), then))  # written a month ago, read today (atime)
+    orphan = tmp_path / "ab" / f"{'a' * 62}ab.json.lock"  # its entry gone long ago
+    orphan.parent.mkdir()
+    orphan.touch()
+    _aged(orphan, 40)
+    other = tmp_path / "verdicts" / "x.json"  # not an entry's shelf: never looked at
+    other.parent.mkdir()
+    other.write_text("{}")
+    _aged(other, 90)
+    assert cache.sweep(tmp_path, {os.path.abspath(kept)}, time.time()) == 2
+    assert not old.exists() and not Path(f"{old}.lock").exists()
+    assert not orphan.exists()
+    for path in (young, kept, read, other):
+        assert path.exists(), path
+    assert Path(f"{young}.lock").exists() and Path(f"{kept}.lock").exists()
+    assert [r.output.stdout for r in cache.load(tmp_path, keys["kept"], session(),
+                                                pytest.fail) or ()] == ["0\n", "1\n"]
+
+
+def test_a_cache_folder_is_due_a_sweep_once_a_day(tmp_path: Path) -> None:
+    now = time.time()
+    assert cache.sweep_due(tmp_path, now)  # never swept
+    assert not cache.sweep_due(tmp_path, now + 3600)
+    assert cache.sweep_due(tmp_path, now + DAY + 1)
+    assert not cache.sweep_due(tmp_path, now + DAY + 2)
+    assert not cache.sweep_due(tmp_path / "missing", now)  # cannot stamp: no sweep

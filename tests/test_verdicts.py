@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -259,3 +260,83 @@ def test_files_changed_just_now_are_not_vouched_for(
     monkeypatch.setattr(verdicts, "RACY_NS", 3600 * 10**9)
     assert _verify(alone, config).posts[0].status == "passed"  # an entry is renamed whole:
     assert len(list((config.cache_dir / "verdicts").iterdir())) == 2  # a new inode tells
+
+
+def _kept_verdict(tmp_path: Path, name: str, entry: Path) -> Path:
+    """A kept verdict for the post `name`, naming `entry` among its files; its path."""
+    store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
+    post = tmp_path / f"{name}.md"
+    post.write_text(name)
+    snippet = Snippet(str(post), 1, "print(1)\n", Markers())
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text("{}")
+    store.see(entry, renamed=True)
+    store.see_figures(tmp_path / name)
+    store.keep(post, name, PostOutcome(str(post), "passed", snippets=(
+        SnippetResult(snippet, "sklearn", "passed"),)), [entry], tmp_path / name)
+    [path] = store.used
+    assert store.named == {str(entry)}
+    return Path(path)
+
+
+def test_a_sweep_removes_verdicts_unused_for_a_month_and_names_the_entries_of_the_rest(
+        tmp_path: Path) -> None:
+    month, now = 30 * 86400.0, 1e9 + 90 * 86400.0
+    old = _kept_verdict(tmp_path, "old", tmp_path / "cache" / "aa" / "old.json")
+    used = _kept_verdict(tmp_path, "used", tmp_path / "cache" / "bb" / "used.json")
+    recent = _kept_verdict(tmp_path, "recent", tmp_path / "cache" / "cc" / "recent.json")
+    for path in (old, used):
+        os.utime(path, (1e9, 1e9))  # neither read nor written for 90 days
+    os.utime(recent, (now - 86400, 1e9))  # read (replayed) yesterday
+    before = recent.stat().st_atime_ns
+    named = verdicts.sweep(tmp_path / "verdicts", {str(used)}, now, month)
+    assert not old.exists() and used.exists() and recent.exists()
+    assert str(tmp_path / "cache" / "cc" / "recent.json") in named
+    assert not {str(tmp_path / "cache" / s / f"{n}.json")
+                for s, n in (("aa", "old"), ("bb", "used"))} & named  # used: not read again
+    assert recent.stat().st_atime_ns == before  # the sweep's own read is no use of it
+
+
+@pytest.mark.kernel
+def test_a_run_that_stores_sweeps_what_no_run_used_for_a_month(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real runs; entries and verdicts aged by hand, as a month of runs that never used them
+    would leave them. What this run used, or a remaining verdict names, stays."""
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    config = replace(project, cache_dir=tmp_path / "cache")
+    blog = tmp_path / "blog"
+    blog.mkdir()
+    (blog / "data.txt").write_text("hello\n")
+    gone, kept = blog / "gone.md", blog / "kept.md"
+    gone.write_text(POST)
+    kept.write_text(POST.replace(".upper())", ".upper())  # kept"))  # code of its own
+    for post in (gone, kept):
+        assert _verify(post, config, mode="update").posts[0].written
+        assert _verify(post, config).posts[0].status == "passed"  # keeps its verdict
+    cache_files = [*config.cache_dir.glob("??/*"), *config.cache_dir.glob("verdicts/*")]
+    assert len(cache_files) == 2 + 2 + 2  # entries, their locks, verdicts
+
+    def age_all(stamp: bool = True) -> None:
+        month_ago = time.time() - 31 * 86400
+        for path in [*config.cache_dir.glob("??/*"), *config.cache_dir.glob("verdicts/*"),
+                     *([config.cache_dir / ".swept"] if stamp else [])]:
+            os.utime(path, (month_ago, month_ago))
+
+    age_all()
+    new = blog / "new.md"  # new code, the same output: passes, and stores an entry
+    new.write_text(kept.read_text().replace("# kept", "# new"))
+    run = run_posts([kept, new], config, Options())
+    assert [(p.status, p.snippets[0].cached) for p in run.posts] == [("passed", True),
+                                                                     ("passed", False)]
+    assert len(list(config.cache_dir.glob("??/*.json"))) == 2  # kept's (its verdict names
+    assert len(list(config.cache_dir.glob("??/*.lock"))) == 2  # it), new's; gone's went
+    assert len(list(config.cache_dir.glob("verdicts/*.json"))) == 2
+    assert _verify(kept, config).summary()["cached"] == 1
+    assert _verify(gone, config).summary()["cached"] == 0  # runs again, and passes
+    assert len(list(config.cache_dir.glob("??/*.json"))) == 3
+
+    age_all(stamp=False)  # swept less than a day ago: the next run that stores does not sweep
+    other = blog / "other.md"
+    other.write_text(kept.read_text().replace("# kept", "# other"))
+    assert _verify(other, config).posts[0].status == "passed"
+    assert len(list(config.cache_dir.glob("??/*.json"))) == 4
