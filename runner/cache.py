@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -190,9 +191,15 @@ def sweep(folder: Path, keep: set[str], now: float) -> int:
     return removed
 
 
+ENTRY_NAME = re.compile(r"\A([0-9a-f]{2})[0-9a-f]{62}\.json(\.lock)?\Z")  # key.json, its lock
+
+
 def _swept(item: os.DirEntry[str], keep: set[str], now: float) -> int:
-    name = item.name.removesuffix(".lock")
-    if not name.endswith(".json") or os.path.abspath(item.path.removesuffix(".lock")) in keep:
+    """Only what `store` makes is ever removed: a file named by a key, in the folder named by
+    the key's first two digits (a cache folder set to a folder of other files loses none)."""
+    name = ENTRY_NAME.match(item.name)
+    if (name is None or name.group(1) != os.path.basename(os.path.dirname(item.path))
+            or os.path.abspath(item.path.removesuffix(".lock")) in keep):
         return 0
     with contextlib.suppress(OSError):
         info = item.stat(follow_symlinks=False)

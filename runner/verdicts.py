@@ -53,6 +53,7 @@ FORMAT = 1
 MAX_BYTES = 64 * 2**20  # a verdict larger than this is a miss (and is removed)
 PARSERS = ("markdown_it", "yaml")  # their sources decide how a post parses
 Signature = list[int] | None  # a file's stat (None: absent)
+VERDICT_NAME = re.compile(r"\A[0-9a-f]{64}\.json\Z")
 RACY_NS = 2 * 10**9  # a file changed more recently than this is not vouched for (see Verdicts)
 
 
@@ -216,7 +217,7 @@ def sweep(folder: Path, used: set[str], now: float, max_age: float) -> set[str]:
     named: set[str] = set()
     with contextlib.suppress(OSError), os.scandir(folder) as verdicts:
         for item in verdicts:
-            if not item.name.endswith(".json"):
+            if not VERDICT_NAME.match(item.name):  # only what `keep` makes is ever removed
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
                 if os.path.abspath(item.path) in used:

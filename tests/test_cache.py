@@ -228,7 +228,8 @@ def _aged(path: Path, days: float) -> Path:
 
 
 def test_sweep_removes_what_no_run_used_for_a_month_and_nothing_else(tmp_path: Path) -> None:
-    keys = {name: name[0] * 64 for name in ("old", "young", "kept", "read")}
+    keys = {name: digit * 64 for name, digit in (("old", "a"), ("young", "b"), ("kept", "c"),
+                                                 ("read", "d"))}
     for key in keys.values():
         stored(tmp_path, key)
     old, young, kept, read = (cache.entry(tmp_path, key) for key in keys.values())
@@ -237,18 +238,21 @@ def test_sweep_removes_what_no_run_used_for_a_month_and_nothing_else(tmp_path: P
         _aged(Path(f"{path}.lock"), 31)
     then = time.time() - 31 * DAY
     os.utime(read, (time.time(), then))  # written a month ago, read today (atime)
-    orphan = tmp_path / "ab" / f"{'a' * 62}ab.json.lock"  # its entry gone long ago
+    orphan = tmp_path / "ab" / f"ab{'0' * 62}.json.lock"  # its entry gone long ago
     orphan.parent.mkdir()
     orphan.touch()
     _aged(orphan, 40)
-    other = tmp_path / "verdicts" / "x.json"  # not an entry's shelf: never looked at
-    other.parent.mkdir()
-    other.write_text("{}")
-    _aged(other, 90)
+    others = [tmp_path / name for name in (  # what the runner did not make: never removed
+        "verdicts/x.json", "ab/notes.json", f"ab/{'c' * 64}.json", f"cc/{'c' * 62}.json",
+        f"cc/{'c' * 64}.txt", f"{'e' * 64}.json")]
+    for other in others:
+        other.parent.mkdir(exist_ok=True)
+        other.write_text("{}")
+        _aged(other, 90)
     assert cache.sweep(tmp_path, {os.path.abspath(kept)}, time.time()) == 2
     assert not old.exists() and not Path(f"{old}.lock").exists()
     assert not orphan.exists()
-    for path in (young, kept, read, other):
+    for path in (young, kept, read, *others):
         assert path.exists(), path
     assert Path(f"{young}.lock").exists() and Path(f"{kept}.lock").exists()
     assert [r.output.stdout for r in cache.load(tmp_path, keys["kept"], session(),

@@ -289,8 +289,11 @@ def test_a_sweep_removes_verdicts_unused_for_a_month_and_names_the_entries_of_th
         os.utime(path, (1e9, 1e9))  # neither read nor written for 90 days
     os.utime(recent, (now - 86400, 1e9))  # read (replayed) yesterday
     before = recent.stat().st_atime_ns
+    notes = tmp_path / "verdicts" / "notes.json"  # not a verdict: never removed
+    notes.write_text("{}")
+    os.utime(notes, (1e9, 1e9))
     named = verdicts.sweep(tmp_path / "verdicts", {str(used)}, now, month)
-    assert not old.exists() and used.exists() and recent.exists()
+    assert not old.exists() and used.exists() and recent.exists() and notes.exists()
     assert str(tmp_path / "cache" / "cc" / "recent.json") in named
     assert not {str(tmp_path / "cache" / s / f"{n}.json")
                 for s, n in (("aa", "old"), ("bb", "used"))} & named  # used: not read again
