@@ -32,7 +32,8 @@ per-session overhead is (runner - floor) / sessions. Memory is the runner proces
 RSS (kernels and servers are other processes), sampled every 10 ms. The targets are printed
 with PASS or MISS and the figure; a miss does not fail the bench (an error does). `--quick`
 runs small sizes (a minute or two) to try the bench itself. The full bench takes 6 to 10
-minutes on 2 cores.
+minutes on 2 cores. A fixed pure-Python loop, timed before and after, tells how fast the
+machine ran: a shared machine's speed varies by a third from hour to hour.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main() -> None:
              "tensorflow": _given(args.tensorflow, 0 if quick else 3)}
     scale = args.scale or ([10, 20, 40] if quick else [50, 200, 1000])
     project = config.load(ROOT)
-    figures: dict[str, Any] = {"sets": {}}
+    figures: dict[str, Any] = {"sets": {}, "speed": {"start": machine_speed()}}
     figures["startup"] = startup(_given(args.repeat, 3 if quick else 5))
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as temp:
         base = Path(temp)
@@ -144,12 +145,25 @@ def main() -> None:
             if count:
                 figures["sets"][name] = bench_set(base, name, count, project)
         figures |= bench_scale(base, scale, project)
+    figures["speed"]["end"] = machine_speed()
     report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     if FAILED:
         raise SystemExit(f"bench: {len(FAILED)} runs failed (their figures are nan): "
                          + "; ".join(FAILED))
+
+
+def machine_speed() -> float:
+    """Seconds for a fixed pure-Python loop (the best of 5): the same code runs slower on a
+    slower (or busier) machine, so the figures of two runs compare only next to this."""
+
+    def loop() -> None:
+        total = 0
+        for i in range(2_000_000):
+            total += i
+
+    return min(timed(loop) for _ in range(5))
 
 
 def _given(value: int | None, default: int) -> int:
@@ -441,6 +455,9 @@ def report(figures: dict[str, Any]) -> None:
           + ", ".join(f"{n} shards x{r:.2f}" for n, r in shards["time"].items())
           + "; by snippet count "
           + ", ".join(f"{n} shards x{r:.2f}" for n, r in shards["count"].items()))
+    speed = figures["speed"]
+    print(f"machine speed: a fixed pure-Python loop took {speed['start']:.3f} s before the "
+          f"bench and {speed['end']:.3f} s after it (compare runs next to these)")
     print("\ntargets (issue 13):")
     for text, ok, value in targets(figures):
         print(f"  {'----' if ok is None else 'PASS' if ok else 'MISS'}  {text}: {value}")
