@@ -21,11 +21,12 @@ Then, for issue 13 ("Blog scale"):
               against 2 at 200
   stages      each stage alone, in-process, at each size (read and plan, the same replayed
               from verdicts, shard, cache look-up, the whole cached run, the reports): time
-              per post, which a quadratic step grows
-
-A cached verify replays each passed post's verdict (runner/verdicts.py): no post is parsed.
+              per post, which a quadratic step grows; the sizes are timed in turn, round
+              after round, so a machine that slows meanwhile slows them alike
   shards      2-4 shards simulated from the largest run's report plus a 60 s TensorFlow post:
               the slowest shard against the fastest, by time (`--durations`) and by count
+
+A cached verify replays each passed post's verdict (runner/verdicts.py): no post is parsed.
 
 Times are wall-clock seconds of the whole command, start-up of the runner included. The
 per-session overhead is (runner - floor) / sessions. Memory is the runner process's own peak
@@ -288,7 +289,7 @@ def bench_scale(base: Path, sizes: list[int], project: config.Config) -> dict[st
     against 2 at the size nearest 200; shards simulated from the largest run's report."""
     text = scale_post(base, project)
     rows: dict[int, dict[str, float]] = {}
-    stage_rows: dict[int, dict[str, float]] = {}
+    works: dict[int, dict[str, Callable[[], object]]] = {}
     jobs: dict[str, float] = {}
     at = min(sizes, key=lambda n: (abs(n - 200), n))
     for n in sizes:
@@ -309,9 +310,11 @@ def bench_scale(base: Path, sizes: list[int], project: config.Config) -> dict[st
             jobs = {"posts": n, "warm/2": row["cold/2"]}
             jobs["warm/1"], row["warm/1 MB"] = run_measured(
                 [*verify, "--no-cache", "--jobs", "1"], variables)
-        stage_rows[n] = (dict.fromkeys(STAGES, math.nan) if math.isnan(row["cold/2"]) else
-                         stages(folder, replace(project, cache_dir=base / f"cache-scale-{n}"),
-                                cold, base / f"reports-{n}"))
+        if not math.isnan(row["cold/2"]):
+            works[n] = stages(folder, replace(project, cache_dir=base / f"cache-scale-{n}"),
+                              cold, base / f"reports-{n}")
+    best_times = interleaved_best(works)
+    stage_rows = {n: best_times.get(n, dict.fromkeys(STAGES, math.nan)) for n in sizes}
     return {"scale": rows, "stages": stage_rows, "jobs": jobs,
             "shards": shard_balance(base, project, max(sizes))}
 
@@ -332,11 +335,12 @@ def scale_post(base: Path, project: config.Config) -> str:
     return text
 
 
-def stages(folder: Path, project: config.Config, cold: Path, out: Path) -> dict[str, float]:
-    """The best time (`best`) of each stage alone, in-process, on the posts (cache filled):
-    read and plan (every post parsed), replay (each post's verdict instead), shard (2 shards,
-    by the cold run's durations), cache look-up, the whole cached run (replayed), and the
-    reports (JSON, JUnit XML, terminal) of that run."""
+def stages(folder: Path, project: config.Config, cold: Path,
+           out: Path) -> dict[str, Callable[[], object]]:
+    """Each stage alone, in-process, on the posts (cache filled), as work to time: read and
+    plan (every post parsed), replay (each post's verdict instead), shard (2 shards, by the
+    cold run's durations), cache look-up, the whole cached run (replayed), and the reports
+    (JSON, JUnit XML, terminal) of that run."""
     from runner import report as reports
     from runner.run import (
         Options,
@@ -368,7 +372,7 @@ def stages(folder: Path, project: config.Config, cold: Path, out: Path) -> dict[
         "cached run": lambda: run_posts([folder], project, options),
         "reports": write_reports,
     }
-    return {name: best(work[name]) for name in STAGES}
+    return {name: work[name] for name in STAGES}
 
 
 def shard_balance(base: Path, project: config.Config, n: int) -> dict[str, Any]:
@@ -403,15 +407,27 @@ def shard_balance(base: Path, project: config.Config, n: int) -> dict[str, Any]:
     return out
 
 
-def best(work: Callable[[], object]) -> float:
-    """The least seconds of 5 calls, or of as many as fill about half a second (a stage of a
-    millisecond is called a hundred times), each after a garbage collection: the figure least
-    disturbed by other work on a shared machine."""
-    times: list[float] = []
-    while len(times) < 5 or (sum(times) < 0.5 and len(times) < 200):
-        gc.collect()
-        times.append(timed(work))
-    return min(times)
+def interleaved_best(
+        works: dict[int, dict[str, Callable[[], object]]]) -> dict[int, dict[str, float]]:
+    """The least seconds of each stage at each size, over rounds that each time every stage
+    at every size once (so a machine that slows down meanwhile slows all sizes alike, and
+    linearity compares like with like): 5 rounds, or as many as fill about half a second of
+    each stage (a stage of a millisecond is timed a hundred times), each call after a
+    garbage collection: the figure least disturbed by other work on a shared machine."""
+    times: dict[int, dict[str, list[float]]] = {
+        n: {name: [] for name in work} for n, work in works.items()}
+
+    def wanted(samples: list[float]) -> bool:
+        return len(samples) < 5 or (sum(samples) < 0.5 and len(samples) < 200)
+
+    while any(wanted(samples) for stage in times.values() for samples in stage.values()):
+        for n, work in works.items():
+            for name, call in work.items():
+                if wanted(times[n][name]):
+                    gc.collect()
+                    times[n][name].append(timed(call))
+    return {n: {name: min(samples) for name, samples in stage.items()}
+            for n, stage in times.items()}
 
 
 SET_COLUMNS = ["floor", "papermill", "cold/1", "warm/1", "serial/1", "warm/1 nosb", "warm/2",
@@ -436,7 +452,8 @@ def report(figures: dict[str, Any]) -> None:
               f"{row['cached MB']:>11.0f}")
     stage_rows = figures["stages"]
     sizes = sorted(stage_rows)
-    print("\nstages alone, in-process (best of 5 or more), microseconds per post:")
+    print("\nstages alone, in-process (best of 5 or more, the sizes timed in turn), "
+          "microseconds per post:")
     print(f"{'stage':<15}" + "".join(f"{n:>10}" for n in sizes) + f"{'ratio':>9}")
     for stage in stage_rows[sizes[0]]:
         per = [stage_rows[n][stage] / n * 1e6 for n in sizes]
