@@ -313,9 +313,10 @@ def bench_scale(base: Path, sizes: list[int], project: config.Config) -> dict[st
         if not math.isnan(row["cold/2"]):
             works[n] = stages(folder, replace(project, cache_dir=base / f"cache-scale-{n}"),
                               cold, base / f"reports-{n}")
-    best_times = interleaved_best(works)
-    stage_rows = {n: best_times.get(n, dict.fromkeys(STAGES, math.nan)) for n in sizes}
-    return {"scale": rows, "stages": stage_rows, "jobs": jobs,
+    samples = interleaved(works)
+    stage_rows = {n: ({name: min(times) for name, times in samples[n].items()} if n in samples
+                      else dict.fromkeys(STAGES, math.nan)) for n in sizes}
+    return {"scale": rows, "stages": stage_rows, "stage samples": samples, "jobs": jobs,
             "shards": shard_balance(base, project, max(sizes))}
 
 
@@ -407,13 +408,13 @@ def shard_balance(base: Path, project: config.Config, n: int) -> dict[str, Any]:
     return out
 
 
-def interleaved_best(
-        works: dict[int, dict[str, Callable[[], object]]]) -> dict[int, dict[str, float]]:
-    """The least seconds of each stage at each size, over rounds that each time every stage
-    at every size once (so a machine that slows down meanwhile slows all sizes alike, and
-    linearity compares like with like): 5 rounds, or as many as fill about half a second of
-    each stage (a stage of a millisecond is timed a hundred times), each call after a
-    garbage collection: the figure least disturbed by other work on a shared machine."""
+def interleaved(
+        works: dict[int, dict[str, Callable[[], object]]]) -> dict[int, dict[str, list[float]]]:
+    """The seconds of each call of each stage at each size, in rounds that each time every
+    stage at every size once (round k of one size next to round k of another: the same
+    machine, however its speed drifts): 5 rounds, or as many as fill about half a second of
+    each stage (a stage of a millisecond is timed a hundred times), each call after a garbage
+    collection. The best of a stage's calls is the figure least disturbed by other work."""
     times: dict[int, dict[str, list[float]]] = {
         n: {name: [] for name in work} for n, work in works.items()}
 
@@ -426,8 +427,7 @@ def interleaved_best(
                 if wanted(times[n][name]):
                     gc.collect()
                     times[n][name].append(timed(call))
-    return {n: {name: min(samples) for name, samples in stage.items()}
-            for n, stage in times.items()}
+    return times
 
 
 SET_COLUMNS = ["floor", "papermill", "cold/1", "warm/1", "serial/1", "warm/1 nosb", "warm/2",
@@ -453,11 +453,12 @@ def report(figures: dict[str, Any]) -> None:
     stage_rows = figures["stages"]
     sizes = sorted(stage_rows)
     print("\nstages alone, in-process (best of 5 or more, the sizes timed in turn), "
-          "microseconds per post:")
+          "microseconds per post; ratio: largest size against smallest, round by round:")
     print(f"{'stage':<15}" + "".join(f"{n:>10}" for n in sizes) + f"{'ratio':>9}")
+    growth = linearity(figures)
     for stage in stage_rows[sizes[0]]:
         per = [stage_rows[n][stage] / n * 1e6 for n in sizes]
-        print(f"{stage:<15}" + "".join(f"{p:>10.0f}" for p in per) + f"{per[-1] / per[0]:>8.2f}x")
+        print(f"{stage:<15}" + "".join(f"{p:>10.0f}" for p in per) + f"{growth[stage]:>8.2f}x")
     worst, why = max((ratio, name) for name, ratio in linearity(figures).items())
     print(f"linearity: worst growth of the time per post, {sizes[-1]} posts against "
           f"{sizes[0]}: x{worst:.2f} ({why})")
@@ -506,7 +507,8 @@ def report_sets(sets: dict[str, dict[str, float]]) -> None:
 def linearity(figures: dict[str, Any]) -> dict[str, float]:
     """How much the time per post grows from the smallest size to the largest, per measure:
     the cold run by the slope of its last step against its first (the runner's start-up and
-    the fork server's are paid once), every stage by its time per post."""
+    the fork server's are paid once), every stage by its time per post (the median over
+    rounds of the largest size's against the smallest's, each pair timed in the same round)."""
     rows, stage_rows = figures["scale"], figures["stages"]
     sizes = sorted(n for n in rows if not math.isnan(rows[n]["cold/2"]))  # runs that failed: out
     if len(sizes) < 2:
@@ -518,9 +520,15 @@ def linearity(figures: dict[str, Any]) -> dict[str, float]:
         ratios = {"cold/2, s per added post": last / first if first > 0 else math.inf}
     else:
         ratios = {"cold/2, s per post": cold[-1] / sizes[-1] / (cold[0] / sizes[0])}
+    samples = figures.get("stage samples", {})
     for stage in stage_rows[sizes[0]]:
-        ratios[stage] = (stage_rows[sizes[-1]][stage] / sizes[-1]
-                         / (stage_rows[sizes[0]][stage] / sizes[0]))
+        small, large = (samples.get(n, {}).get(stage, []) for n in (sizes[0], sizes[-1]))
+        # round by round (the same machine), the median: a speed change between two rounds
+        # is no growth
+        ratios[stage] = statistics.median(
+            [b / sizes[-1] / (a / sizes[0]) for a, b in zip(small, large, strict=False)]
+            or [stage_rows[sizes[-1]][stage] / sizes[-1] / (stage_rows[sizes[0]][stage]
+                                                           / sizes[0])])
     ratios["cached verify"] = rows[sizes[-1]]["cached"] / sizes[-1] / (
         rows[sizes[0]]["cached"] / sizes[0])
     return ratios
