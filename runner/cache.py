@@ -175,10 +175,15 @@ def sweep_due(folder: Path, now: float) -> bool:
     return True
 
 
+def unused(info: os.stat_result, now: float) -> bool:
+    """Whether a file of the cache (an entry, a verdict) was neither read nor written for
+    MAX_AGE_S: by atime, or where a file system does not keep it, by when it was written."""
+    return now - max(info.st_atime, info.st_mtime) >= MAX_AGE_S
+
+
 def sweep(folder: Path, keep: set[str], now: float) -> int:
-    """Remove the entries of `folder` (with their lock files) that were neither read nor
-    written for MAX_AGE_S (by atime: where a file system does not keep it, by when the entry
-    was written) and are not in `keep` (absolute paths: this run's, those kept verdicts
+    """Remove the entries of `folder` (with their lock files) that are `unused` and not in
+    `keep` (absolute paths: this run's, those kept verdicts
     name), and the lock files left without an entry as long. Never raises; the count removed."""
     removed = 0
     with contextlib.suppress(OSError), os.scandir(folder) as shelves:
@@ -202,8 +207,7 @@ def _swept(item: os.DirEntry[str], keep: set[str], now: float) -> int:
             or os.path.abspath(item.path.removesuffix(".lock")) in keep):
         return 0
     with contextlib.suppress(OSError):
-        info = item.stat(follow_symlinks=False)
-        if now - max(info.st_atime, info.st_mtime) < MAX_AGE_S:
+        if not unused(item.stat(follow_symlinks=False), now):
             return 0
         if item.name.endswith(".lock") and os.path.lexists(item.path.removesuffix(".lock")):
             return 0  # goes with its entry

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -156,7 +157,7 @@ async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | Non
         tally.second_pass()
         await execute(jobs, built, config, replace(options, cache=False), tally.session_done)
     if tally.stored:
-        sweep_cache(config, verdicts, tally.used())
+        sweep_cache(config, verdicts, chain.from_iterable(tally.entries.values()))
     return Run(tally.outcomes(), time.monotonic() - started)
 
 
@@ -342,16 +343,18 @@ async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError
             servers.close()
 
 
-def sweep_cache(config: Config, verdicts: verdict_store.Verdicts | None, used: set[str]) -> None:
+def sweep_cache(config: Config, verdicts: verdict_store.Verdicts | None,
+                entries: Iterable[Path]) -> None:
     """A run that stored results sweeps the execution cache, once a day at most: what no run
-    has used for `cache.MAX_AGE_S` goes, except what this run `used` (absolute paths) and the
-    entries a remaining verdict names."""
+    has used for `cache.MAX_AGE_S` goes, except this run's cache `entries` and verdicts and
+    the entries a remaining verdict names."""
     now = time.time()
     if not cache.sweep_due(config.cache_dir, now):
         return
+    used = {os.path.abspath(entry) for entry in entries}
     if verdicts is not None:
-        used = used | verdicts.used | verdicts.named
-    named = verdict_store.sweep(config.cache_dir / "verdicts", used, now, cache.MAX_AGE_S)
+        used |= verdicts.used | verdicts.named
+    named = verdict_store.sweep(config.cache_dir / "verdicts", used, now)
     cache.sweep(config.cache_dir, used | named, now)
 
 
@@ -451,10 +454,6 @@ class _Tally:
     def _render_options(self) -> RenderOptions:
         return RenderOptions(self.config.patterns, self.config.max_output_lines,
                              self.config.tolerance, self.config.figures)
-
-    def used(self) -> set[str]:
-        """The cache entries of this run's sessions (absolute paths), hits and stores."""
-        return {os.path.abspath(entry) for entries in self.entries.values() for entry in entries}
 
     def outcomes(self) -> tuple[PostOutcome, ...]:
         return tuple(self.settled[index] for index in range(len(self.planned)))

@@ -44,7 +44,7 @@ from typing import Any, TypeVar, cast
 
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
-from runner.cache import files_beside, part_kind
+from runner.cache import files_beside, part_kind, unused
 from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import PostOutcome
 from runner.writeback import FIGURE_GLOB
@@ -208,12 +208,12 @@ class Verdicts:
         _remove(self._path(post))
 
 
-def sweep(folder: Path, used: set[str], now: float, max_age: float) -> set[str]:
-    """Remove the verdicts of `folder` that no run replayed or kept for `max_age` (by atime,
-    else by when kept), except those `used` by this run (`Verdicts.used`); the files the others
-    name (absolute paths), whose cache entries must stay (those of the `used` ones are in
-    `Verdicts.named`). A verdict that cannot be read is left to `replay` (it removes it).
-    Never raises."""
+def sweep(folder: Path, used: set[str], now: float) -> set[str]:
+    """Remove the verdicts of `folder` that no run replayed or kept for as long as the cache
+    keeps an unused entry (`cache.unused`), except those `used` by this run (`Verdicts.used`);
+    the files the others name (absolute paths), whose cache entries must stay (those of the
+    `used` ones are in `Verdicts.named`). A verdict that cannot be read is left to `replay`
+    (it removes it). Never raises."""
     named: set[str] = set()
     with contextlib.suppress(OSError), os.scandir(folder) as verdicts:
         for item in verdicts:
@@ -223,7 +223,7 @@ def sweep(folder: Path, used: set[str], now: float, max_age: float) -> set[str]:
                 if os.path.abspath(item.path) in used:
                     continue
                 info = item.stat(follow_symlinks=False)
-                if now - max(info.st_atime, info.st_mtime) >= max_age:
+                if unused(info, now):
                     os.unlink(item.path)
                     continue
                 data = json.loads(read_regular(Path(item.path), MAX_BYTES,

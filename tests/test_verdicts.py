@@ -281,7 +281,7 @@ def _kept_verdict(tmp_path: Path, name: str, entry: Path) -> Path:
 
 def test_a_sweep_removes_verdicts_unused_for_a_month_and_names_the_entries_of_the_rest(
         tmp_path: Path) -> None:
-    month, now = 30 * 86400.0, 1e9 + 90 * 86400.0
+    now = 1e9 + 90 * 86400.0  # 90 days after the verdicts were kept
     old = _kept_verdict(tmp_path, "old", tmp_path / "cache" / "aa" / "old.json")
     used = _kept_verdict(tmp_path, "used", tmp_path / "cache" / "bb" / "used.json")
     recent = _kept_verdict(tmp_path, "recent", tmp_path / "cache" / "cc" / "recent.json")
@@ -292,7 +292,7 @@ def test_a_sweep_removes_verdicts_unused_for_a_month_and_names_the_entries_of_th
     notes = tmp_path / "verdicts" / "notes.json"  # not a verdict: never removed
     notes.write_text("{}")
     os.utime(notes, (1e9, 1e9))
-    named = verdicts.sweep(tmp_path / "verdicts", {str(used)}, now, month)
+    named = verdicts.sweep(tmp_path / "verdicts", {str(used)}, now)
     assert not old.exists() and used.exists() and recent.exists() and notes.exists()
     assert str(tmp_path / "cache" / "cc" / "recent.json") in named
     assert not {str(tmp_path / "cache" / s / f"{n}.json")
