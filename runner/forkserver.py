@@ -140,11 +140,10 @@ def apply_rlimits(limits: dict[str, Any], joined: Sequence[str]) -> None:
             resource.setrlimit(resource.RLIMIT_NPROC, (count, count))
 
 
-def apply_limits() -> None:
+def apply_limits(limits: dict[str, Any]) -> None:
     """Without a sandbox, the limits the runner sets for every kernel (RUNNER_KERNEL_LIMITS,
     JSON): a network namespace of its own unless the post opts in, cgroups where they can be
     made (root does not obey RLIMIT_NPROC), and the rlimits."""
-    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
     if limits.get("network") is False:
         without_network()
     apply_rlimits(limits, join_cgroups(make_cgroups(limits)))
@@ -156,8 +155,21 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 38, 47
+CLONE_NEWUSER, MNT_DETACH = 0x10000000, 2
 SESSION_HOME = "/tmp/home"
+# Where the runner runs as root, a kernel is not: the env's sandbox is a user namespace in
+# which the fork server is uid 0 (host root: it reads the env and the run's folder, and runs no
+# user code) and `nobody` is mapped too; each kernel becomes `nobody` (host uid 65534) before
+# any user code runs, so what the host lets root do (write /proc/sys, own root's files) is not
+# the kernel's. A runner that is not root maps only its own uid: its kernels are that user.
+KERNEL_UID = 65534
+# Each kernel's private, size- and inode-capped file systems (tmpfs: memory, counted by the
+# kernel's memory cgroup where there is one). The scratch folder is one too, with copies of
+# the files beside the post: a snippet cannot fill the disk.
+TMP_INODES, SHM_INODES, SCRATCH_INODES = 100_000, 10_000, 100_000
+DEFAULT_SCRATCH_MB = 1024
 
 
 def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
@@ -180,11 +192,12 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
         if init:
             _exit_like(init)  # the reaper
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    _session_view(limits)
+    uid = KERNEL_UID if _mapped(KERNEL_UID) else None
+    _session_view(limits, cwd, uid)
     if not network:
         _loopback_up()
     _check(_libc().sethostname(b"runner", 6), "sethostname")
-    _drop_capabilities()
+    _drop_capabilities(uid)
     os.chdir("/")
     kernel = os.fork()
     if kernel:
@@ -227,14 +240,20 @@ def _fork_in_pid_namespace() -> tuple[int, bool]:
     return pid, True
 
 
-def _session_view(limits: dict[str, Any]) -> None:
-    """Mounts: a fresh /proc; the session folder kept, every other file of the run (other
-    sessions, the fork server's socket) hidden; private /tmp and /dev/shm. What the fresh
-    mounts would hide but the kernel needs (the session folder; the env and its base Python
-    where they live under /tmp) is set aside first and put back after, the env read-only."""
+def _session_view(limits: dict[str, Any], scratch: str, uid: int | None) -> None:
+    """Mounts: a fresh /proc (its /proc/sys read-only); the session folder kept, every other
+    file of the run (other sessions, the fork server's socket) hidden; private /tmp and
+    /dev/shm; the scratch folder a capped tmpfs of its own holding the runner's copies. What
+    the fresh mounts would hide but the kernel needs (the session folder; the env and its base
+    Python where they live under /tmp) is set aside first and put back after, the env
+    read-only. Then the session folder is handed to the kernel's `uid`, and the root and /dev
+    (bubblewrap's, shared by the env's sessions) are made read-only in this session's view:
+    no session can leave anything there for the next one."""
     session, workspace = limits["session"], limits["workspace"]
     memory = int(limits.get("memory_mb") or 4096)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _read_only("/proc/sys")
+    _read_only("/proc/sysrq-trigger")
     hidden = ("/tmp", "/dev/shm", workspace)
     kept = [(session, False)] + [
         (path, True) for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
@@ -242,9 +261,10 @@ def _session_view(limits: dict[str, Any]) -> None:
     for number, (path, _) in enumerate(kept):
         os.makedirs(f"/run/runner-kept/{number}", exist_ok=True)
         _mount(path, f"/run/runner-kept/{number}", None, MS_BIND | MS_REC)
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={memory}m,mode=1777")
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={memory}m,nr_inodes={TMP_INODES},mode=1777")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={min(memory // 2, 512)}m,mode=1777")
+           f"size={min(memory // 2, 512)}m,nr_inodes={SHM_INODES},mode=1777")
     if os.path.exists(workspace):  # a run folder outside /tmp ($TMPDIR elsewhere)
         _mount("tmpfs", workspace, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for number, (path, read_only) in enumerate(kept):
@@ -252,6 +272,126 @@ def _session_view(limits: dict[str, Any]) -> None:
         _mount(f"/run/runner-kept/{number}", path, None, MS_MOVE)
         if read_only:
             _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC)
+    if _inside(scratch, session) and scratch != session:
+        _scratch_tmpfs(scratch, int(limits.get("scratch_mb") or DEFAULT_SCRATCH_MB), uid)
+    if uid is not None:
+        _hand_over(session, scratch, uid)
+    for path in ("/", "/dev"):
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _read_only(path: str) -> None:
+    """A bind of `path` onto itself, read-only (the mount's flags, not the file system's);
+    nothing where this kernel has no such file."""
+    if not os.path.exists(path):
+        return
+    _mount(path, path, None, MS_BIND | MS_REC)
+    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+           | MS_NOEXEC)
+
+
+def _scratch_tmpfs(scratch: str, size_mb: int, uid: int | None) -> None:
+    """The scratch folder becomes a tmpfs of `size_mb` and SCRATCH_INODES, owned by the
+    kernel's `uid`, with the runner's copies of the files beside the post in it (read through
+    a descriptor of the folder the tmpfs now covers; only regular files, never followed)."""
+    old = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        owner = f",uid={uid},gid={uid}" if uid is not None else ""
+        _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={size_mb}m,nr_inodes={SCRATCH_INODES},mode=700{owner}")
+        new = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for entry in os.scandir(old):
+                if entry.is_file(follow_symlinks=False):
+                    _copy_at(old, new, entry.name, uid)
+        finally:
+            os.close(new)
+    finally:
+        os.close(old)
+
+
+def _copy_at(source: int, target: int, name: str, uid: int | None) -> None:
+    import shutil
+
+    read = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                   dir_fd=source)
+    try:
+        stat = os.fstat(read)
+        write = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        | os.O_CLOEXEC, stat.st_mode & 0o777, dir_fd=target)
+        with open(read, "rb", closefd=False) as src, open(write, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+            os.utime(dst.fileno(), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            if uid is not None:
+                os.fchown(dst.fileno(), uid, uid)
+    finally:
+        os.close(read)
+
+
+def _hand_over(session: str, scratch: str, uid: int) -> None:
+    """The session folder's own files (what the runner made: the folder, its ipc folder and
+    connection file) given to the kernel's uid, links never followed; the scratch tmpfs is
+    the kernel's already."""
+    for folder, names, files in os.walk(session):
+        names[:] = [n for n in names if os.path.join(folder, n) != scratch]
+        for name in ["", *files, *names]:
+            os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
+
+
+def _mapped(uid: int) -> bool:
+    """Whether `uid` is mapped in this user namespace besides the process's own (the
+    runner ran as root and mapped `nobody` for the kernels: `mapped_userns`)."""
+    try:
+        with open("/proc/self/uid_map") as ranges:
+            return os.getuid() == 0 and any(
+                int(first) <= uid < int(first) + int(count) and int(first) != os.getuid()
+                for first, _, count in (line.split() for line in ranges))
+    except (OSError, ValueError):
+        return False
+
+
+def mapped_userns() -> int:
+    """As root, outside every sandbox: a user namespace in which uid and gid 0 are the host's
+    root (the fork server's setup reads root's files) and KERNEL_UID is the host's `nobody`
+    (the kernels), as an open descriptor for bubblewrap's `--userns`. bubblewrap's own
+    `--unshare-user` maps only the caller: run as root, a kernel would be host root."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    unshare = _libc().unshare  # resolved before the fork: the child calls nothing else
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.write(ready_w, b"1" if unshare(CLONE_NEWUSER) == 0 else b"0")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError("sandbox: cannot make a user namespace")
+        ranges = f"0 0 1\n{KERNEL_UID} {KERNEL_UID} 1\n"
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as out:
+                out.write(ranges)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
+def with_userns(args: list[str]) -> tuple[list[str], list[int]]:
+    """bubblewrap's arguments as `sandbox.outer_args` writes them, and the descriptors to pass
+    it: run as root, its `--unshare-user` becomes `--userns FD` of `mapped_userns`."""
+    if os.geteuid() != 0 or "--unshare-user" not in args:
+        return args, []
+    fd = mapped_userns()
+    os.set_inheritable(fd, True)
+    at = args.index("--unshare-user")
+    return [*args[:at], "--userns", str(fd), *args[at + 1:]], [fd]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -280,8 +420,10 @@ def _exit_as(status: int) -> None:
     os._exit(128 - code if code < 0 else code)
 
 
-def _drop_capabilities() -> None:
-    """No capability left, in any set, and none to gain by exec (no_new_privs)."""
+def _drop_capabilities(uid: int | None = None) -> None:
+    """No capability left, in any set, and none to gain by exec (no_new_privs); with `uid`,
+    this process becomes that user and group, with no supplementary groups (root's would
+    stay otherwise) first."""
     import ctypes
 
     libc = _libc()
@@ -289,6 +431,13 @@ def _drop_capabilities() -> None:
         for cap in range(int(last.read()) + 1):
             libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        # a changed uid leaves the process undumpable: its /proc/self (fd/, environ, and so
+        # /dev/stdout) would be root's. It is no more than any process of this uid now.
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -414,16 +563,16 @@ def plain(argv: list[str], sandbox: str | None = None) -> None:
         joined = join_cgroups(make_cgroups(limits))
         os.environ["RUNNER_KERNEL_LIMITS"] = json.dumps({**limits, "joined": joined})
         with open(sandbox) as args_file:
-            args = json.load(args_file)
+            args, _ = with_userns(json.load(args_file))  # its descriptor is inherited
         os.execv(args[0], [*args, "session", *argv])
-    apply_limits()
+    apply_limits(json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}")))
     threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
     _run_kernel(argv)
 
 
 def session(argv: list[str]) -> None:
     """Inside bubblewrap, for a kernel started from scratch: its own sandbox, then the kernel."""
-    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    limits = json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}"))
     enter_session(limits)
     apply_rlimits(limits, limits.get("joined", []))
     _run_kernel(argv)
@@ -439,13 +588,14 @@ def _become_kernel(request: dict[str, Any], fds: list[int], init: bool) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    limits = json.loads(os.environ.get("RUNNER_KERNEL_LIMITS", "{}"))
+    limits = json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}"))  # the runner's, not the
+    # snippets': it names the run's folders
     if limits.get("sandbox"):
         joined = join_cgroups(dict(zip(request.get("cgroups", []), fds[3:], strict=False)))
         enter_session(limits, forked=init)  # returns in the kernel, pid 2
         apply_rlimits(limits, joined)
     else:  # no sandbox here: the limits of old, and a watch on the launcher
-        apply_limits()
+        apply_limits(limits)
         threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()

@@ -61,18 +61,22 @@ class Sandbox:
 
 def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
     """bubblewrap's command line for the env's sandbox, up to the command (the env's Python
-    and the fork server's script, as the sandbox sees them)."""
+    and the fork server's script, as the sandbox sees them). Run as root, its `--unshare-user`
+    is to become `--userns FD` (`forkserver.with_userns`: the kernels are not host root). The
+    script is the run's copy (`script`): a bind's source shows in /proc/self/mountinfo, and
+    the checkout's path is nothing a snippet needs."""
     args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent", "--new-session", "--cap-add", "ALL",
             # first: the binds below may lie under /tmp (an env cache in a temp folder)
             "--size", str(OUTER_TMP_MB * 2**20), "--tmpfs", "/tmp"]
+    base = base_prefix(env)
+    args += _traversable([base, env.prefix, workspace, Path(INSIDE)])
     for name in SYSTEM:
         path = Path("/") / name
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    base = base_prefix(env)
     if not any(base.is_relative_to(Path("/") / name) for name in SYSTEM):
         args += ["--ro-bind", str(base), str(base)]
     for site in sorted(base.glob("lib/python3*/site-packages")):  # the host's packages
@@ -82,9 +86,29 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
     args += ["--ro-bind", str(env.prefix), str(env.prefix),
              "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
              "--bind", str(workspace), str(workspace),
-             "--ro-bind", str(FORKSERVER), INSIDE,
+             "--ro-bind", str(script(workspace)), INSIDE,
              "--", str(env.python), INSIDE]
     return args
+
+
+def _traversable(paths: list[Path]) -> list[str]:
+    """The folders bubblewrap makes on the way to its binds (copying a host folder's mode, as
+    /root's 0700), made 0755 first: a kernel that is not root must reach the env and its
+    session folder. They hold nothing but the binds."""
+    above = {parent for path in paths for parent in path.parents
+             if parent not in (Path("/"), Path("/tmp")) and not any(parent.is_relative_to(Path("/") / name) for name in SYSTEM)}
+    args = []
+    for folder in sorted(above, key=lambda p: (len(p.parts), str(p))):
+        args += ["--perms", "0755", "--dir", str(folder)]
+    return args
+
+
+def script(workspace: Path) -> Path:
+    """The fork server's script, copied into the run's folder (once)."""
+    copy = workspace / "forkserver.py"
+    if not copy.exists():
+        shutil.copyfile(FORKSERVER, copy)
+    return copy
 
 
 def installers(base: Path) -> list[Path]:
@@ -114,8 +138,13 @@ def probe(env: BuiltEnv, workspace: Path) -> Sandbox:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Sandbox(None, "bubblewrap is not installed (apt-get install bubblewrap)")
-    done = subprocess.run([*outer_args(bwrap, env, workspace), "can-sandbox"],
-                          capture_output=True, text=True, timeout=60)
+    args, fds = forkserver.with_userns(outer_args(bwrap, env, workspace))
+    try:
+        done = subprocess.run([*args, "can-sandbox"], capture_output=True, text=True,
+                              timeout=60, pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         return Sandbox(None, f"bubblewrap cannot make a sandbox here ({why})")

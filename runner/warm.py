@@ -57,14 +57,18 @@ class ForkServers:
             return
         socket_path = self.folder / f"{name}.sock"
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (the server keeps it)
-        command = (sandbox.outer_args(self.bwrap, env, self.folder) if self.bwrap
-                   else [str(env.python), str(FORKSERVER)])
-        self._servers[name] = subprocess.Popen(
-            [*command, "serve", str(socket_path),
-             *(env.spec.preload if preload is None else preload)],
-            env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=log, start_new_session=True)
-        log.close()  # the server has its own
+        command, fds = (forkserver.with_userns(sandbox.outer_args(self.bwrap, env, self.folder))
+                        if self.bwrap else ([str(env.python), str(FORKSERVER)], []))
+        try:
+            self._servers[name] = subprocess.Popen(
+                [*command, "serve", str(socket_path),
+                 *(env.spec.preload if preload is None else preload)],
+                env=dict(variables), cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, start_new_session=True, pass_fds=fds)
+        finally:
+            log.close()  # the server has its own
+            for fd in fds:
+                os.close(fd)
         self._kernelspec(env, ["launch", str(socket_path)], f"runner: {name} (warm)")
 
     def plain(self, env: BuiltEnv) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def test_attacks_from_a_snippet_fail_and_change_nothing(
         r.error.traceback[-800:] for r in run.snippets if r.error]
     assert "DONE" not in seen, seen
     for attack in ("pth", "sitecustomize", "edit sklearn", "remove sklearn"):
-        assert f"{attack}: refused (OSError, errno 30)" in seen  # read-only file system
+        # a read-only file system, or (the kernel is not root) the env's files not its own
+        assert re.search(rf"{attack}: refused \((OSError, errno 30|PermissionError, errno 13)\)",
+                         seen), seen
     assert "pip module: True" in seen  # the env has no pip; the host's say why not:
     assert "install: 0" not in seen and "install: 1 False" not in seen
     assert "pids seen: True my pid: 2" in seen
