@@ -63,7 +63,7 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
     """bubblewrap's command line for the env's sandbox, up to the command (the env's Python
     and the fork server's script, as the sandbox sees them). Run as root, its `--unshare-user`
     is to become `--userns FD` (`forkserver.with_userns`: the kernels are not host root). The
-    script is the run's copy (`script`): a bind's source shows in /proc/self/mountinfo, and
+    script is the run's copy (`run_copy`): a bind's source shows in /proc/self/mountinfo, and
     the checkout's path is nothing a snippet needs."""
     args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent", "--new-session", "--cap-add", "ALL",
@@ -82,11 +82,11 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
     for site in sorted(base.glob("lib/python3*/site-packages")):  # the host's packages
         args += ["--tmpfs", str(site)]
     for tool in installers(base):  # the host's installers: there, but they only say why not
-        args += ["--ro-bind", str(NO_INSTALL), str(tool)]
+        args += ["--ro-bind", str(run_copy(workspace, NO_INSTALL)), str(tool)]
     args += ["--ro-bind", str(env.prefix), str(env.prefix),
              "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
              "--bind", str(workspace), str(workspace),
-             "--ro-bind", str(script(workspace)), INSIDE,
+             "--ro-bind", str(run_copy(workspace, FORKSERVER)), INSIDE,
              "--", str(env.python), INSIDE]
     return args
 
@@ -103,11 +103,12 @@ def _traversable(paths: list[Path]) -> list[str]:
     return args
 
 
-def script(workspace: Path) -> Path:
-    """The fork server's script, copied into the run's folder (once)."""
-    copy = workspace / "forkserver.py"
+def run_copy(workspace: Path, source: Path) -> Path:
+    """A file of the runner's (the fork server's script, the installers' stand-in), copied
+    into the run's folder once, mode kept: binds show their source in /proc/self/mountinfo."""
+    copy = workspace / source.name
     if not copy.exists():
-        shutil.copyfile(FORKSERVER, copy)
+        shutil.copy(source, copy)
     return copy
 
 

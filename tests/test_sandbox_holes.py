@@ -1,0 +1,108 @@
+"""The sandbox's holes of issue 20, caused for real from inside snippets: what the snippet saw,
+and the host afterwards (its sysctls, the posts, the later sessions of the same env, the disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runner import forkserver
+from runner.config import Config
+from runner.run import Options, run_posts
+from tests.conftest import FIXTURES, ROOT
+from tests.test_sandbox import needs_sandbox
+
+HOLES = FIXTURES / "sandbox" / "holes"
+AS_ROOT = os.geteuid() == 0
+
+
+def copied(tmp_path: Path, *names: str) -> list[Path]:
+    for name in ("data.csv", *names):
+        shutil.copy(HOLES / name, tmp_path / name)
+    return [tmp_path / name for name in names]
+
+
+def stdout(run: object, post: Path) -> str:
+    snippets = [r for r in run.snippets if r.snippet.path == str(post)]  # type: ignore[attr-defined]
+    assert snippets and all(r.status == "passed" for r in snippets), [
+        r.error for r in snippets if r.error]
+    return "".join(r.output.stdout for r in snippets)
+
+
+def sysctl(name: str) -> str:
+    return Path(f"/proc/sys/kernel/{name}").read_text()
+
+
+@pytest.mark.kernel
+@needs_sandbox
+@pytest.mark.parametrize("warm", [True, False])
+def test_the_kernel_is_not_host_root_and_cannot_write_sysctls(
+        tmp_path: Path, project: Config, warm: bool) -> None:
+    (post,) = copied(tmp_path, "host-root.md")
+    shutil.copy(post, tmp_path / "again.md")  # two sessions: the warm one forks its kernels
+    before = {name: sysctl(name) for name in ("printk_ratelimit_burst", "core_pattern")}
+    run = run_posts([post, tmp_path / "again.md"], project,
+                    Options(cache=False, warm=warm, require_sandbox=True))
+    seen = stdout(run, post)
+    for name in ("printk_ratelimit_burst", "core_pattern", "hostname"):
+        assert f"{name} refused" in seen, seen
+    assert "WRITTEN" not in seen
+    assert {name: sysctl(name) for name in before} == before
+    if AS_ROOT:  # the runner is root: its kernels are not (nobody, no groups)
+        assert f"uid {forkserver.KERNEL_UID} gid {forkserver.KERNEL_UID} groups []" in seen
+        assert f"{forkserver.KERNEL_UID} {forkserver.KERNEL_UID} 1" in seen  # nobody is nobody
+    else:
+        assert f"uid {os.getuid()} " in seen
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_a_session_leaves_nothing_for_the_next_of_its_env(
+        tmp_path: Path, project: Config) -> None:
+    tamper, *later = copied(tmp_path, "a-tamper.md", "b-after.md", "c-after.md")
+    run = run_posts([tamper, *later], project,
+                    Options(cache=False, jobs=1, require_sandbox=True))
+    attempts = stdout(run, tamper)
+    assert "DONE" not in attempts, attempts
+    assert attempts.count("refused") == 7
+    for post in later:  # forked from the same server after the first: all as it was
+        seen = stdout(run, post)
+        assert seen.startswith("shell works\ndev stdout is ")
+        assert seen.endswith("\nleft behind: []\nbin is usr/bin\n"), seen
+        assert "/dev/null" not in seen
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_scratch_is_a_capped_file_system_and_the_disk_is_untouched(
+        tmp_path: Path, project: Config) -> None:
+    (post,) = copied(tmp_path, "fill-disk.md")
+    free = shutil.disk_usage(tmp_path).free
+    run = run_posts([post], project, Options(cache=False, require_sandbox=True))
+    seen = stdout(run, post)
+    assert (f"scratch cap {forkserver.DEFAULT_SCRATCH_MB} MB, {forkserver.SCRATCH_INODES} "
+            "inodes") in seen
+    assert "data beside the post: x,y" in seen  # the copies are in the capped scratch
+    assert "fallocate 3 GiB: refused ENOSPC" in seen, seen
+    assert "files: refused ENOSPC after many" in seen, seen
+    assert "<tmp> inodes capped: True" in seen  # /tmp, made portable
+    assert abs(shutil.disk_usage(tmp_path).free - free) < 100 * 2**20  # not 3 GiB gone
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_the_kernel_sees_neither_the_checkout_nor_the_runner_variables(
+        tmp_path: Path, project: Config) -> None:
+    (post,) = copied(tmp_path, "paths.md")
+    paths = {"checkout": str(ROOT), "post folder": str(tmp_path),
+             "execution cache": str(project.cache_dir)}
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    seen = stdout(run_posts([post], project, Options(cache=False, require_sandbox=True)), post)
+    for name in paths:
+        assert f"{name} in mountinfo: False in environ: False" in seen, seen
+    assert "runner variables: []" in seen
