@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -51,6 +52,18 @@ class Config:
     passenv: tuple[str, ...] = ()  # more variables (or patterns) kernels may see
     tolerance: float = 0.0  # relative, for numbers in text output (0: exact); runner:tolerance=
     figures: Figures | None = None  # [tool.runner] figures; None: beside each post
+    network_posts: tuple[str, ...] = ()  # [tool.runner] allow-network: globs of posts (from
+    # the project's folder) that may ask for the network (front matter `network: true`)
+
+    def grants_network(self, post: Path) -> bool:
+        """Whether the project lets this post ask for the network (its env may, too:
+        `EnvSpec.network`). A post cannot grant itself the network: a guest post's front
+        matter is the guest's."""
+        try:
+            relative = post.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return False
+        return any(fnmatch.fnmatchcase(relative, glob) for glob in self.network_posts)
 
 
 def normalize_dist(name: str) -> str:
@@ -107,6 +120,7 @@ def load(start: Path, locked: bool = True) -> Config:
         patterns=_patterns(table.get("normalize", []), pyproject),
         max_output_lines=_positive(table, "max-output-lines", DEFAULT_MAX_LINES, pyproject),
         passenv=_names(table, "passenv", pyproject),
+        network_posts=_names(table, "allow-network", pyproject),
         cache_dir=Path(os.environ.get(CACHE_VARIABLE)
                        or root / _str(table, "cache-dir", ".runner-cache", pyproject)),
         root=root,
@@ -189,6 +203,7 @@ def _env_spec(folder: Path, settings: Any, table: dict[str, Any], pyproject: Pat
         preload=_preload(settings, folder.name, pyproject),
         memory_mb=_limit(settings, table, "memory-limit-mb", DEFAULT_MEMORY_MB, pyproject),
         processes=_limit(settings, table, "process-limit", DEFAULT_PROCESSES, pyproject),
+        network=_flag(settings, "allow-network", folder.name, pyproject),
     )
     return with_lock(spec, folder) if lock.is_file() else spec
 
@@ -209,6 +224,13 @@ def _limit(settings: dict[str, Any], table: dict[str, Any], key: str, default: i
     value = settings.get(key, table.get(key, default))
     if not isinstance(value, int) or value < 0:
         raise UsageError(f"{key} must be a whole number (0: no limit)", pyproject)
+    return value
+
+
+def _flag(settings: dict[str, Any], key: str, name: str, pyproject: Path) -> bool:
+    value = settings.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"[tool.runner.env.{name}] {key} must be true or false", pyproject)
     return value
 
 

@@ -184,8 +184,11 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
     the env and system read-only; it has no capabilities and can gain none."""
     network = bool(limits.get("network"))
     cwd = os.getcwd()  # entered again once the view is made: the old one leads outside it
+    outbound = _outbound() if network else None
     _check(_libc().unshare(CLONE_NEWNS | (0 if forked else CLONE_NEWPID) | CLONE_NEWIPC
-                           | CLONE_NEWUTS | (0 if network else CLONE_NEWNET)), "unshare")
+                           | CLONE_NEWUTS | CLONE_NEWNET), "unshare")
+    if outbound is not None:
+        _attach(outbound)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     if not forked:
         init = os.fork()
@@ -193,9 +196,8 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
             _exit_like(init)  # the reaper
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     uid = KERNEL_UID if _mapped(KERNEL_UID) else None
-    _session_view(limits, cwd, uid)
-    if not network:
-        _loopback_up()
+    _session_view(limits, cwd, uid, outbound is not None)
+    _loopback_up()
     _check(_libc().sethostname(b"runner", 6), "sethostname")
     _drop_capabilities(uid)
     os.chdir("/")
@@ -209,6 +211,83 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
     # init above): the namespace ends the kernel when the runner goes.
     os.environ.pop("JPY_PARENT_PID", None)
     os.makedirs(SESSION_HOME, exist_ok=True)
+
+
+SLIRP = ("/usr/bin/slirp4netns", "/bin/slirp4netns", "/usr/local/bin/slirp4netns")
+SLIRP_DNS = "10.0.2.3"
+
+
+def outbound_available() -> bool:
+    """Whether a session granted the network can have it here: slirp4netns, a user-mode
+    network stack (what rootless podman uses), gives its own network namespace a way out."""
+    return any(os.access(path, os.X_OK) for path in SLIRP)
+
+
+def _outbound() -> socket.socket | None:
+    """Before the session's namespaces are made: a helper left in this one (the host's
+    network) that becomes slirp4netns for the session's network namespace once `_attach`
+    sends it. The session's network is then its own namespace with a route out through it,
+    and `--disable-host-loopback`: never the host's loopback (its 127.0.0.1 services). None
+    where slirp4netns is not installed: the session has loopback only."""
+    slirp = next((path for path in SLIRP if os.access(path, os.X_OK)), None)
+    if slirp is None:
+        return None
+    ours, theirs = socket.socketpair()
+    if os.fork():
+        theirs.close()
+        return ours
+    ours.close()
+    try:
+        _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+        os.set_inheritable(fds[0], True)
+        os.set_inheritable(theirs.fileno(), True)
+        os.execv(slirp, [slirp, "--configure", "--mtu=65520", "--disable-host-loopback",
+                         f"--ready-fd={theirs.fileno()}", "--netns-type=path",
+                         f"/proc/self/fd/{fds[0]}", "tap0"])
+    finally:
+        os._exit(1)
+
+
+def _attach(helper: socket.socket) -> None:
+    """Hand this process's new network namespace to the slirp4netns helper and wait until it
+    has configured it (tap0 up, a default route, DNS at SLIRP_DNS)."""
+    namespace = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        socket.send_fds(helper, [b"N"], [namespace])
+    finally:
+        os.close(namespace)
+    helper.settimeout(10)
+    try:
+        if helper.recv(1) != b"1":
+            raise OSError("sandbox: slirp4netns could not configure the session's network")
+    finally:
+        helper.close()
+
+
+def _resolver() -> None:
+    """Name lookups through slirp4netns's forwarder where the host's resolver is one of its
+    own loopback addresses (127.0.0.53 of systemd-resolved), which this namespace's loopback
+    is not: a resolv.conf of the session's own over the host's (through its link, if any)."""
+    try:
+        with open("/etc/resolv.conf") as current:
+            loopback = any(line.split()[1:2] and line.split()[1].startswith("127.")
+                           for line in current if line.startswith("nameserver"))
+    except OSError:
+        loopback = True  # none, or a link to a file the sandbox does not have
+    if not loopback:
+        return
+    target = os.path.realpath("/etc/resolv.conf")
+    if not os.path.isfile(target):  # a dangling link (to /run/systemd/...): its folder made
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _mount("tmpfs", os.path.dirname(target), "tmpfs", MS_NOSUID | MS_NODEV, "size=64k")
+        with open(target, "w") as out:
+            out.write(f"nameserver {SLIRP_DNS}\n")
+        return
+    own = "/tmp/.resolv.conf"
+    with open(own, "w") as out:
+        out.write(f"nameserver {SLIRP_DNS}\n")
+    _mount(own, target, None, MS_BIND)
+    os.unlink(own)
 
 
 _NAMESPACE_FORKS: list[bool] = []  # whether this server may fork into new pid namespaces
@@ -240,7 +319,8 @@ def _fork_in_pid_namespace() -> tuple[int, bool]:
     return pid, True
 
 
-def _session_view(limits: dict[str, Any], scratch: str, uid: int | None) -> None:
+def _session_view(limits: dict[str, Any], scratch: str, uid: int | None,
+                  outbound: bool = False) -> None:
     """Mounts: a fresh /proc (its /proc/sys read-only); the session folder kept, every other
     file of the run (other sessions, the fork server's socket) hidden; private /tmp and
     /dev/shm; the scratch folder a capped tmpfs of its own holding the runner's copies. What
@@ -276,6 +356,8 @@ def _session_view(limits: dict[str, Any], scratch: str, uid: int | None) -> None
         _scratch_tmpfs(scratch, int(limits.get("scratch_mb") or DEFAULT_SCRATCH_MB), uid)
     if uid is not None:
         _hand_over(session, scratch, uid)
+    if outbound:
+        _resolver()
     for path in ("/", "/dev"):
         _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
 

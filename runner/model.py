@@ -98,6 +98,7 @@ class EnvSpec:
     memory_mb: int = 0  # per-kernel limits (0: none)
     processes: int = 0
     pins: tuple[tuple[str, str], ...] = ()  # (normalized distribution, version) from the lock
+    network: bool = False  # [tool.runner.env.NAME] allow-network: its posts may ask for it
 
     @property
     def lock(self) -> Path:

@@ -50,6 +50,31 @@ KNOWN_IMPORTS: dict[str, tuple[str, ...]] = {
 _IMPORT_LINE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", re.MULTILINE)
 
 
+def check_network(post: Post, sessions: tuple[Session, ...], envs: Mapping[str, EnvSpec],
+                  granted: bool) -> None:
+    """A post that asks for the network (`network: true`) gets it only where the project
+    grants it: the post (`granted`, [tool.runner] allow-network) or each env it runs in
+    ([tool.runner.env.NAME] allow-network); else a PlanError at its front matter's line."""
+    refused = [s.env for s in sessions if s.network and not (granted or envs[s.env].network)]
+    if refused:
+        raise PlanError(
+            "front matter asks for network: true, which this project does not grant it "
+            f"(env '{refused[0]}'): list the post in [tool.runner] allow-network, or set "
+            f"[tool.runner.env.{refused[0]}] allow-network = true", post.path,
+            _network_line(post.text))
+
+
+def _network_line(text: str) -> int:
+    """The front matter line that asks for the network (else its first line)."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines[1:], 2):
+        if line.strip() in ("---", "..."):
+            break
+        if "network" in line:
+            return number
+    return 1
+
+
 def plan(post: Post, envs: Mapping[str, EnvSpec],
          import_names: Mapping[str, str] | None = None) -> tuple[Session, ...]:
     """Group the post's snippets into sessions, one per environment, in order of first use.

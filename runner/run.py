@@ -203,6 +203,7 @@ def _plan_one(path: Path, config: Config, overrides: dict[str, str],
             return Planned(path, replayed=replayed)
         post = markdown.parse(str(path), text)
         sessions = plan.plan(post, config.envs, config.import_names)
+        plan.check_network(post, sessions, config.envs, config.grants_network(path))
     except PostError as exc:
         return Planned(path, error=exc)
     given = parameters.applicable(post, overrides)
@@ -588,6 +589,7 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
                    config: Config, options: Options) -> ForkServers:
     """This run's kernelspecs; with `warm`, a fork server for each env that two or more
     sessions use (a single session gains nothing from one)."""
+    from runner.forkserver import outbound_available
     from runner.warm import ForkServers, network_isolation
 
     servers = ForkServers()
@@ -598,6 +600,10 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
             and not network_isolation(ready[0].python)):
         say("network for snippets cannot be turned off here (no network namespaces): "
             "snippets may reach the network")
+    if (servers.bwrap is not None and any(job.session.network for job in jobs)
+            and not outbound_available()):
+        say("posts granted the network get loopback only: slirp4netns, their way out of the "
+            "sandbox, is not installed (apt-get install slirp4netns)")
     sessions = Counter(job.session.env for job in jobs)
     for env in ready:
         if options.warm and sessions[env.spec.name] > 1:

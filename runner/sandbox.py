@@ -85,6 +85,9 @@ def outer_args(bwrap: str, env: BuiltEnv, workspace: Path) -> list[str]:
         args += ["--ro-bind", str(run_copy(workspace, NO_INSTALL)), str(tool)]
     args += ["--ro-bind", str(env.prefix), str(env.prefix),
              "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
+             # for slirp4netns, the way out of a session granted the network (no kernel can
+             # make a device of it: that takes CAP_NET_ADMIN)
+             "--dev-bind-try", "/dev/net/tun", "/dev/net/tun",
              "--bind", str(workspace), str(workspace),
              "--ro-bind", str(run_copy(workspace, FORKSERVER)), INSIDE,
              "--", str(env.python), INSIDE]
@@ -96,7 +99,8 @@ def _traversable(paths: list[Path]) -> list[str]:
     /root's 0700), made 0755 first: a kernel that is not root must reach the env and its
     session folder. They hold nothing but the binds."""
     above = {parent for path in paths for parent in path.parents
-             if parent not in (Path("/"), Path("/tmp")) and not any(parent.is_relative_to(Path("/") / name) for name in SYSTEM)}
+             if parent not in (Path("/"), Path("/tmp"))
+             and not any(parent.is_relative_to(Path("/") / name) for name in SYSTEM)}
     args = []
     for folder in sorted(above, key=lambda p: (len(p.parts), str(p))):
         args += ["--perms", "0755", "--dir", str(folder)]

@@ -132,10 +132,14 @@ def test_network_is_off_unless_the_post_opts_in(hostile, tmp_path: Path) -> None
     run_cli("update", folder / "network.md", "--no-cache")
     assert "no network: gaierror" in (folder / "network.md").read_text()
     opted = tmp_path / "opted-in.md"
-    opted.write_text((folder / "network.md").read_text().replace(
-        "  env: sklearn\n", "  env: sklearn\n  network: true\n"))
-    run_cli("update", opted, "--no-cache")
-    assert "no network: gaierror" not in opted.read_text()
+    text = (folder / "network.md").read_text().replace("  env: sklearn\n",
+                                                       "  env: sklearn\n  network: true\n")
+    opted.write_text(text)
+    done = run_cli("update", opted, "--no-cache")  # a post cannot grant itself the network
+    assert done.returncode == 1 and opted.read_text() == text
+    assert f"{opted}:5: error: front matter asks for network: true, which this project does " \
+           "not grant it" in done.stdout + done.stderr
+    # granted by the project: tests/test_sandbox_holes.py
 
 
 @pytest.mark.kernel

@@ -106,3 +106,47 @@ def test_the_kernel_sees_neither_the_checkout_nor_the_runner_variables(
     for name in paths:
         assert f"{name} in mountinfo: False in environ: False" in seen, seen
     assert "runner variables: []" in seen
+
+
+@pytest.fixture
+def granted(tmp_path: Path) -> Path:
+    """A project of its own (the same envs) that grants the network to posts/net-*.md."""
+    shutil.copytree(ROOT / "envs", tmp_path / "envs")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.runner]\nallow-network = ["posts/net-*.md"]\n')
+    (tmp_path / "posts").mkdir()
+    return tmp_path
+
+
+@pytest.mark.kernel
+@needs_sandbox
+@pytest.mark.skipif(not forkserver.outbound_available(), reason="slirp4netns is not installed "
+                    "(apt-get install slirp4netns): a granted network cannot be tested here")
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_granted_network_is_a_way_out_never_the_hosts_loopback(
+        granted: Path, warm: bool) -> None:
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+    from threading import Thread
+
+    from runner.config import load
+
+    server = HTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)  # the host's own service
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("net-granted.md", "net-again.md", "refused.md"):
+            shutil.copy(HOLES / "network.md", granted / "posts" / name)
+        (granted / "posts" / "port.txt").write_text(str(server.server_port))
+        posts = sorted((granted / "posts").glob("*.md"))
+        run = run_posts(posts, load(granted), Options(cache=False, warm=warm,
+                                                       require_sandbox=True))
+    finally:
+        server.shutdown()
+    outcomes = {Path(o.path).name: o for o in run.posts}
+    assert outcomes["refused.md"].status == "error"  # not granted: asks in vain
+    assert "does not grant it" in (outcomes["refused.md"].error or "")
+    seen = stdout(run, granted / "posts" / "net-granted.md")
+    assert "host loopback 127.0.0.1: refused" in seen  # its own loopback, not the host's
+    assert "host loopback 10.0.2.2: refused" in seen, seen  # --disable-host-loopback
+    assert "a route out: True" in seen
+    if "registry:" in seen and "registry: reached" not in seen:
+        pytest.skip(f"the registry cannot be reached from here ({seen})")
