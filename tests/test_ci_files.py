@@ -234,6 +234,7 @@ def test_jobs_that_run_posts_install_bubblewrap_and_lift_ubuntus_userns_restrict
     assert lift in [c[:4] for c in commands]
     nox = next(i for i, c in enumerate(commands) if c[:3] == ["nox", "-s", "verify-posts"])
     assert commands.index(["sudo", "apt-get", "install", "-y", "-qq", "bubblewrap"]) < nox
+    assert commands.index(["sudo", "apt-get", "install", "-y", "-qq", "slirp4netns"]) < nox
 
 
 def test_canary_relocks_to_newest_releases_and_verifies_without_cache(workflow: dict) -> None:
