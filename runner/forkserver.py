@@ -134,6 +134,11 @@ def apply_rlimits(limits: dict[str, Any], joined: Sequence[str]) -> None:
     if limits.get("memory_mb"):
         size = int(limits["memory_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+    # no file a kernel writes (its log and crash file on the run folder's disk among them)
+    # grows past the scratch folder's size
+    file_size = int(limits.get("scratch_mb") or DEFAULT_SCRATCH_MB) * 2**20
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
     if limits.get("processes") and "pids" not in joined:
         count = int(limits["processes"])
         with contextlib.suppress(ValueError, OSError):
@@ -411,13 +416,27 @@ def _copy_at(source: int, target: int, name: str, uid: int | None) -> None:
 
 
 def _hand_over(session: str, scratch: str, uid: int) -> None:
-    """The session folder's own files (what the runner made: the folder, its ipc folder and
-    connection file) given to the kernel's uid, links never followed; the scratch tmpfs is
-    the kernel's already."""
-    for folder, names, files in os.walk(session):
-        names[:] = [n for n in names if os.path.join(folder, n) != scratch]
-        for name in ["", *files, *names]:
-            os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
+    """What the kernel's uid may do in its session folder, on the run folder's disk: pass
+    through it (0711) and read its connection file, and make its sockets (and crash file) in
+    its ipc folder, the one folder it is given (the runner takes it back once the kernel is
+    up: `take_back`). The scratch tmpfs is the kernel's already."""
+    os.chmod(session, 0o711)
+    ipc = os.path.join(session, "ipc")
+    os.chown(ipc, uid, uid, follow_symlinks=False)
+    with os.scandir(ipc) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, 0o644, follow_symlinks=False)
+
+
+def take_back(ipc: str) -> None:
+    """Outside, as root, once a kernel has made its sockets: its ipc folder is the runner's
+    again, so nothing more of the kernel's is made on the run folder's disk (what it has
+    made there is each bounded by RLIMIT_FSIZE)."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.chown(ipc, 0, 0, follow_symlinks=False)
+            os.chmod(ipc, 0o755, follow_symlinks=False)
 
 
 def _mapped(uid: int) -> bool:
