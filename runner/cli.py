@@ -412,14 +412,15 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     """A type for argparse whose error says what is wanted and what was given."""
-    wanted = "a whole number of 1 or more" if kind is int else "a number of seconds more than 0"
+    wanted = ("a whole number of 1 or more" if kind is int
+              else "a number of seconds more than 0 (finite)")
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             value = 0
-        if not value > 0:
+        if not 0 < value < float("inf"):
             raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
         return value
 

@@ -211,7 +211,8 @@ MARKER_KEYS = ("skip", "raises", "env", "timeout", "parameters", "tolerance", "u
 _FLAGS = ("skip", "parameters", "unordered")  # markers that stand without a value
 # Numeric markers: the check on the number and what a good value is.
 _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "timeout": (lambda x: x > 0, "a positive number of seconds"),
+    # and at most the run's timeout (`--timeout`, else `[tool.runner] timeout`): `plan.capped`
+    "timeout": (lambda x: 0 < x < math.inf, "a positive number of seconds (finite)"),
     "tolerance": (lambda x: 0 <= x < 1, "a relative tolerance from 0 (exact) below 1, like 1e-6"),
 }
 

@@ -187,28 +187,28 @@ def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
     beside a planned post are seen for its verdict now, before they are read."""
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
     replay = verdicts if options.cache else None
-    planned = [_plan_one(path, config, overrides, options.keep_going, replay) for path in paths]
+    planned = [_plan_one(path, config, overrides, options, replay) for path in paths]
     for item in planned:
         if verdicts is not None and item.post is not None:
             verdicts.see_beside(item.path.parent)
     return planned
 
 
-def _plan_one(path: Path, config: Config, overrides: dict[str, str],
-              keep_going: bool, verdicts: verdict_store.Verdicts | None = None) -> Planned:
+def _plan_one(path: Path, config: Config, overrides: dict[str, str], options: Options,
+              verdicts: verdict_store.Verdicts | None = None) -> Planned:
     try:
         text = posts.read(path)
         replayed = verdicts.replay(path, text) if verdicts is not None else None
         if replayed is not None:
             return Planned(path, replayed=replayed)
-        post = markdown.parse(str(path), text)
+        post = plan.capped(markdown.parse(str(path), text), _timeout(config, options))
         sessions = plan.plan(post, config.envs, config.import_names)
     except PostError as exc:
         return Planned(path, error=exc)
     given = parameters.applicable(post, overrides)
     if given:
         sessions = tuple(replace(s, overrides=given) for s in sessions)
-    if keep_going:
+    if options.keep_going:
         sessions = tuple(replace(s, keep_going=True) for s in sessions)
     return Planned(path, post, sessions)
 

@@ -221,6 +221,7 @@ def test_merged_report_exit_code_follows_the_runs_rule(
 
 @pytest.mark.parametrize("argv", [
     ["verify", "--jobs", "x"], ["verify", "--jobs", "0"], ["update", "--timeout", "soon"],
+    ["verify", "--timeout", "inf"], ["verify", "--deadline", "1e400"],
     ["verify", "--shard", "3/2"], ["verify", "--no-such-option"], [], ["frobnicate"],
     ["envs", "frobnicate"], ["report", "merge", "a.json"]])
 def test_usage_errors_are_one_line_naming_options_not_code(argv: list[str]) -> None:

@@ -251,6 +251,8 @@ ERRORS = {
     "negative timeout": ("text\n\n```python runner:timeout=-5\nx\n```\n", 3),
     "non-number timeout": ("text\n\n```python runner:timeout=soon\nx\n```\n", 3),
     "nan timeout": ("text\n\n```python runner:timeout=nan\nx\n```\n", 3),
+    "infinite timeout": ("text\n\n```python runner:timeout=inf\nx\n```\n", 3),
+    "timeout past a float's range": ("text\n\n```python runner:timeout=1e400\nx\n```\n", 3),
     "tolerance without value": ("text\n\n```python runner:tolerance\nx\n```\n", 3),
     "tolerance not a number": ("text\n\n```python runner:tolerance=tight\nx\n```\n", 3),
     "negative tolerance": ("text\n\n```python runner:tolerance=-1e-6\nx\n```\n", 3),
@@ -305,6 +307,13 @@ def test_errors_name_path_and_line(case: str, ending: str) -> None:
     assert error.path == path
     assert error.line == line
     assert str(error).startswith(f"{path}:{line}: ")
+
+
+def test_a_timeout_that_is_no_finite_number_is_one_line_at_its_fence() -> None:
+    with pytest.raises(PostError) as info:
+        parse("posts/x.md", "# T\n\n```python runner:timeout=inf\nx = 1\n```\n")
+    assert str(info.value) == ("posts/x.md:3: runner:timeout must be a positive number of "
+                               "seconds (finite), not 'inf'")
 
 
 def test_markers_of_other_languages_are_not_checked() -> None:
