@@ -288,6 +288,14 @@ ERRORS = {
     "invalid YAML: unclosed quote": ('---\ntitle: "abc\nmore: 1\nz: 2\n---\n', 2),
     "invalid YAML: bad indentation": ("---\ntitle: x\n  bad: y\n---\n", 3),
     "invalid YAML: bad token": ("---\na: 1\nb: 2\nc: @x\n---\n", 4),
+    # a key twice: the line of the second (readers keep the last, `update` stamps the first)
+    "a key twice in front matter": ("---\nverified_by: a\ntitle: t\nverified_by: b\n---\n", 4),
+    "a key twice, once quoted": ("---\nverified_by: a\n\"verified_by\": b\n---\n", 3),
+    "a key twice in a nested mapping": ("---\nrunner:\n  env: a\n  env: b\n---\n", 4),
+    "a key twice in a flow mapping": ("---\ntitle: t\nx: {a: 1, b: 2, a: 3}\n---\n", 3),
+    "a key twice in a list's mapping": ("---\nitems:\n  - {a: 1}\n  - a: 1\n    a: 2\n---\n",
+                                        5),
+    "a key twice after a merge": ("---\nb: &b {x: 1}\nm:\n  <<: *b\n  y: 2\n  y: 3\n---\n", 6),
     "unclosed front matter": ("---\ntitle: x\n\n# Heading\n", 1),
     "front matter not a mapping": ("---\n- a\n- b\n---\n", 2),
     "runner setting not a mapping": ("---\nrunner: ml\n---\n", 1),
@@ -325,6 +333,26 @@ def test_front_matter_closed_with_dots() -> None:
     post = parse("p.md", "---\nrunner: {env: web}\n...\n\n```python\nx\n```\n")
     assert post.default_env == "web"
     assert summary(post) == [(5, "x\n", NONE, False)]
+
+
+def test_a_key_given_twice_in_front_matter_says_where_both_are() -> None:
+    text = "---\ntitle: t\nverified_by: \"runner 1; sklearn 0\"\nverified_by: forged\n---\n# T\n"
+    with pytest.raises(PostError) as info:
+        parse("posts/x.md", text)
+    assert str(info.value) == ("posts/x.md:4: invalid YAML front matter: key 'verified_by' "
+                               "given twice (first at line 3)")
+
+
+def test_merge_keys_override_without_being_duplicates() -> None:
+    """`<<: *base` then a key of base: YAML's merge, not a key given twice (also when the
+    merged mapping merges another)."""
+    text = ("---\nbase: &b {x: 1, y: 2}\nmid: &m\n  <<: *b\n  x: 3\nmine:\n  <<: [*m, *b]\n"
+            "  y: 4\n---\n")
+    import yaml
+
+    post = parse("p.md", text)
+    assert post.front_matter["mid"] == {"x": 3, "y": 2}
+    assert post.front_matter == yaml.load(text.strip("-\n"), yaml.CSafeLoader)
 
 
 def test_empty_front_matter_and_no_runner_setting() -> None:

@@ -157,3 +157,16 @@ def test_the_cache_key_follows_the_effective_timeout(tmp_path: Path, project: Co
         " runner:timeout=60", 60)
     assert key(" runner:timeout=1e300", 60) != key(" runner:timeout=1e300", 30)
     assert key(" runner:timeout=5", 60) != key(" runner:timeout=60", 60)
+
+
+def test_update_refuses_a_post_with_two_stamps(tmp_path: Path, project: Config) -> None:
+    """Two `verified_by` keys: YAML readers show the last (forged), `update` would stamp the
+    first; the post is an error at the second key and stays byte for byte as it was."""
+    text = ("---\ntitle: t\nverified_by: \"runner 0.1; sklearn 000000000000\"\n"
+            "verified_by: \"runner 9.9; sklearn forged\"\n---\n\n```python\nprint(1)\n```\n")
+    post = tmp_path / "p.md"
+    [outcome] = run_text(post, project, text, mode="update").posts
+    assert (outcome.status, outcome.error_line, outcome.written) == ("error", 4, False)
+    assert outcome.error == ("invalid YAML front matter: key 'verified_by' given twice "
+                             "(first at line 3)")
+    assert post.read_bytes() == text.encode()
