@@ -302,7 +302,7 @@ def _yaml_loader() -> Any:
 
     base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    class UniqueKeys(base):  # type: ignore[misc,valid-type]
+    class UniqueKeys(base):  # type: ignore[misc]
         def construct_document(self, node: yaml.Node) -> Any:
             _unique_keys(self, node)
             return super().construct_document(node)

@@ -150,7 +150,7 @@ def _block_parts(post: Post, snippet: Snippet) -> Iterator[tuple[str, Token, lis
 
 def _table_rows(tokens: list[Token]) -> list[list[str]]:
     """The cells of the table the tokens open, as the text the runner wrote in them
-    (`writeback._table_cell` undone: backslash escapes and `&lt;` `&gt;` `&amp;`)."""
+    (`writeback.table_cell` undone: backslash escapes and `&lt;` `&gt;` `&amp;`)."""
     rows: list[list[str]] = []
     for token in tokens:
         if token.type == "table_close":

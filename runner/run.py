@@ -48,6 +48,7 @@ from runner.model import (
 )
 from runner.portable import moved
 from runner.report import PostOutcome, Run, post_key
+from runner.visible import visible
 from runner.writeback import (
     RenderOptions,
     figure_folder,
@@ -678,4 +679,5 @@ def _passenv(config: Config, options: Options) -> tuple[str, ...]:
 
 
 def say(text: str) -> None:
-    print(f"runner: {text}", file=sys.stderr, flush=True)
+    """A line on stderr; what it names (a post, a file, an error) shown as it is."""
+    print(f"runner: {visible(text)}", file=sys.stderr, flush=True)

@@ -170,3 +170,12 @@ def test_update_refuses_a_post_with_two_stamps(tmp_path: Path, project: Config) 
     assert outcome.error == ("invalid YAML front matter: key 'verified_by' given twice "
                              "(first at line 3)")
     assert post.read_bytes() == text.encode()
+
+
+def test_what_the_run_says_shows_what_it_names_as_it_is(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.run import say
+
+    say("cannot read durations from r\x1b]52;c;eA==\x07.json\u202e")
+    assert capsys.readouterr().err == "runner: cannot read durations from " \
+        "r\\x1b]52;c;eA==\\x07.json\\u202e\n"
