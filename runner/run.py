@@ -486,7 +486,10 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     if gained:  # a first stamp: every snippet moves down, and the lines its output names
         outputs = {line: moved(output, item.sessions[0].post, gained)
                    for line, output in outputs.items()}
-    fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
+    try:
+        fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
+    except PostError as exc:  # a figure folder or figure that is a symlink
+        return PostOutcome(path, "error", exc.message, exc.line, snippets=results)
     recorded = item.post.text
     if ignore_stamp and mode == "verify":
         recorded = stamp(item.post.text, verified_by)  # as if it had the fresh stamp
