@@ -331,7 +331,9 @@ def _unique_keys(loader: Any, root: Any) -> None:
                     continue
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key = loader.construct_object(key_node)
+                # a string key is its text; any other scalar (1, true, a date) as built
+                key = (key_node.value if key_node.tag == "tag:yaml.org,2002:str"
+                       else loader.construct_object(key_node))
                 if key in first:
                     line = _YAML_LINE + first[key].start_mark.line
                     raise yaml.constructor.ConstructorError(
