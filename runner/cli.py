@@ -223,8 +223,9 @@ def _bisect(args: argparse.Namespace) -> int:
     else:
         results = [bisect.bisect_post(args.post, config, args.env, args.package, limits)]
     for found in results:
-        _out(report.inert(found.answer) + "\n")
-        _out(report.inert(f"bisect: {found.post}: {report.bisect_cost(found)}") + "\n")
+        _out(report.inert(report.one_line(found.answer)) + "\n")
+        _out(report.inert(report.one_line(f"bisect: {found.post}: {report.bisect_cost(found)}"))
+             + "\n")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         _out(report.bisect_annotations(results))
     if os.environ.get("GITHUB_STEP_SUMMARY") and results:
@@ -242,14 +243,17 @@ def _bisect(args: argparse.Namespace) -> int:
 
 
 def _each(done: Sequence[object | RunnerError], template: str) -> int:
-    """Print each item done, each error as its one line; 1 if any failed."""
+    """Print each item done, each error as its one line; 1 if any failed. What they name (a
+    post, a notebook) is shown as it is (`runner.visible`)."""
+    from runner.report import one_line
+
     status = EXIT_OK
     for item in done:
         if isinstance(item, RunnerError):
-            print(str(item), file=sys.stderr)
+            print(one_line(str(item)), file=sys.stderr)
             status = EXIT_FAILED
         else:
-            print(template.format(item))
+            print(one_line(template.format(item)))
     return status
 
 
@@ -412,14 +416,15 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     """A type for argparse whose error says what is wanted and what was given."""
-    wanted = "a whole number of 1 or more" if kind is int else "a number of seconds more than 0"
+    wanted = ("a whole number of 1 or more" if kind is int
+              else "a number of seconds more than 0 (finite)")
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             value = 0
-        if not value > 0:
+        if not 0 < value < float("inf"):
             raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
         return value
 

@@ -109,8 +109,9 @@ def load(start: Path, locked: bool = True) -> Config:
         raise UsageError("[tool.runner.import-names] must map import names to distributions",
                          pyproject)
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise UsageError("[tool.runner] timeout must be a positive number of seconds", pyproject)
+    if not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise UsageError("[tool.runner] timeout must be a positive number of seconds (finite)",
+                         pyproject)
     posts = root / _str(table, "posts", "posts", pyproject)
     return Config(
         figures=_figures(table, root, posts, pyproject),

@@ -211,7 +211,8 @@ MARKER_KEYS = ("skip", "raises", "env", "timeout", "parameters", "tolerance", "u
 _FLAGS = ("skip", "parameters", "unordered")  # markers that stand without a value
 # Numeric markers: the check on the number and what a good value is.
 _NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "timeout": (lambda x: x > 0, "a positive number of seconds"),
+    # and at most the run's timeout (`--timeout`, else `[tool.runner] timeout`): `plan.capped`
+    "timeout": (lambda x: 0 < x < math.inf, "a positive number of seconds (finite)"),
     "tolerance": (lambda x: 0 <= x < 1, "a relative tolerance from 0 (exact) below 1, like 1e-6"),
 }
 
@@ -271,15 +272,12 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
         return {}, 0
     import yaml  # here: a run of replayed verdicts reads no front matter
 
-    # libyaml's parser where PyYAML was built with it (20 times faster: it counts at 1000
-    # posts), with the same safe constructor.
-    loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load("".join(_strip_end(x) + "\n" for x in lines[1:end]), loader)
+        data = yaml.load("".join(_strip_end(x) + "\n" for x in lines[1:end]), _yaml_loader())
     except yaml.YAMLError as exc:
         # Where the broken construct began (an unclosed quote's opening) beats where it broke.
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        where = 2 + mark.line if mark is not None else 1
+        where = _YAML_LINE + mark.line if mark is not None else 1
         problem = " ".join(filter(None, (getattr(exc, "context", None),
                                          getattr(exc, "problem", None)))) or str(exc)
         raise PostError(f"invalid YAML front matter: {problem}", path, where) from exc
@@ -288,6 +286,60 @@ def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     if not isinstance(data, dict):
         raise PostError("front matter must be a YAML mapping", path, 2)
     return data, end + 1
+
+
+_YAML_LINE = 2  # the post line of the front matter's first YAML line (after `---`)
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, with libyaml's parser where PyYAML was built with it (20 times
+    faster: it counts at 1000 posts), that refuses a key given twice in one mapping: YAML
+    readers keep the last, `writeback.stamp` the first, so a second `verified_by` could show a
+    site a stamp no run wrote. Checked on the composed nodes before anything is built (merge
+    keys, `<<: *base`, are YAML's overrides, not keys given twice)."""
+    import yaml
+
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class UniqueKeys(base):  # type: ignore[misc]
+        def construct_document(self, node: yaml.Node) -> Any:
+            _unique_keys(self, node)
+            return super().construct_document(node)
+
+    return UniqueKeys
+
+
+def _unique_keys(loader: Any, root: Any) -> None:
+    """A ConstructorError at the second of two equal keys of any mapping under `root`."""
+    import yaml
+
+    todo, done = [root], set()
+    while todo:  # a loop, not recursion: a deep document cannot exhaust the stack
+        node = todo.pop()
+        if id(node) in done:  # an alias: its node is checked once
+            continue
+        done.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo += node.value
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[object, Any] = {}
+            for key_node, value_node in node.value:
+                todo.append(value_node)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    todo.append(key_node)  # a mapping as a key has keys of its own
+                    continue
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                # a string key is its text; any other scalar (1, true, a date) as built
+                key = (key_node.value if key_node.tag == "tag:yaml.org,2002:str"
+                       else loader.construct_object(key_node))
+                if key in first:
+                    line = _YAML_LINE + first[key].start_mark.line
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {line})",
+                        key_node.start_mark)
+                first[key] = key_node
 
 
 def _settings(path: str, front_matter: dict[str, object]) -> tuple[str | None, bool, bool]:

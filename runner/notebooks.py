@@ -150,7 +150,7 @@ def _block_parts(post: Post, snippet: Snippet) -> Iterator[tuple[str, Token, lis
 
 def _table_rows(tokens: list[Token]) -> list[list[str]]:
     """The cells of the table the tokens open, as the text the runner wrote in them
-    (`writeback._table_cell` undone: backslash escapes and `&lt;` `&gt;` `&amp;`)."""
+    (`writeback.table_cell` undone: backslash escapes and `&lt;` `&gt;` `&amp;`)."""
     rows: list[list[str]] = []
     for token in tokens:
         if token.type == "table_close":
@@ -247,8 +247,13 @@ def write(notebook: NotebookNode, path: Path) -> None:
 
 
 def _cell(session: Session, index: int) -> NotebookNode:
+    """The snippet's cell; `metadata.runner.line` is the post line before the cell's first
+    compiled line (what a traceback's, a warning's or a crash's line N is added to): the fence,
+    and the blank lines IPython drops before compiling."""
     snippet = session.snippets[index]
-    metadata: dict[str, object] = {"runner": {"post": snippet.path, "line": snippet.line,
+    source = cell_source(snippet) + injected(session, snippet)
+    line = snippet.line + dropped_lines(source)
+    metadata: dict[str, object] = {"runner": {"post": snippet.path, "line": line,
                                               "snippet": index}}
     if snippet.markers.timeout is not None:
         metadata["runner"]["timeout"] = snippet.markers.timeout  # type: ignore[index]
@@ -262,7 +267,17 @@ def _cell(session: Session, index: int) -> NotebookNode:
     # every session); the id is the snippet's place, so a run's notebook is the same each time.
     return from_dict({"id": f"snippet-{index}", "cell_type": "code", "metadata": metadata,
                       "execution_count": None, "outputs": [],
-                      "source": cell_source(snippet) + injected(session, snippet)})
+                      "source": source})
+
+
+def dropped_lines(source: str) -> int:
+    """How many leading lines IPython removes from a cell before compiling it (its
+    `leading_empty_lines` transform: empty or whitespace-only lines before the first other
+    line; none in a cell of only such lines), so its line 1 is the post's next one. Its other
+    transforms keep every line where it is (a first line indented dedents the cell)."""
+    lines = source.splitlines(keepends=True)  # as IPython splits it
+    dropped = next((n for n, line in enumerate(lines) if line and not line.isspace()), 0)
+    return "".join(lines[:dropped]).count("\n")  # a form feed is no line to the compiler
 
 
 def is_doctest(code: str) -> bool:

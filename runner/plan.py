@@ -22,6 +22,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 
 from runner.config import normalize_dist
 from runner.errors import PlanError
@@ -99,6 +100,18 @@ def plan(post: Post, envs: Mapping[str, EnvSpec],
                          failures=tuple((line, *failures[line]) for s, e in chosen
                                         if e == env and (line := s.line) in failures))
                  for env in order)
+
+
+def capped(post: Post, timeout: float) -> Post:
+    """The post with each `runner:timeout` at most the run's `timeout`: a marker may lower
+    the run's limit for its snippet, never raise it (a post cannot lift CI's limit)."""
+    def cap(snippet: Snippet) -> Snippet:
+        wanted = snippet.markers.timeout
+        if wanted is None or wanted <= timeout:
+            return snippet
+        return replace(snippet, markers=replace(snippet.markers, timeout=float(timeout)))
+
+    return replace(post, snippets=tuple(cap(s) for s in post.snippets))
 
 
 def _one_env(post: Post, envs: Mapping[str, EnvSpec],

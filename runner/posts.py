@@ -1,16 +1,26 @@
-"""Posts on disk: find them, read them, and replace one atomically. The only writer of posts/."""
+"""Posts on disk: find them, read them, and replace one atomically. The only writer of posts/.
+
+Figures are written only into real folders inside the post's folder (or `[tool.runner]
+figures`): the folder is opened one component at a time without following a link, and every
+figure is read, written and removed relative to it; a symlinked folder or figure is a
+PostError, so no write (nor removal) ever lands outside."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import fnmatch
 import os
+import secrets
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from runner.atomic import NotAFile, TooLarge, read_regular, remove_stale_temps, write_atomic
+from runner.config import Figures
 from runner.errors import PostError, UsageError
 from runner.images import difference
 from runner.markdown import POST_SUFFIXES
@@ -171,6 +181,26 @@ def read_bytes(path: Path) -> bytes | None:
 
 
 @dataclass(frozen=True)
+class FigureFolder:
+    """Where a post's figures live: `sub`, real folders (never a symlink) inside `base`, the
+    post's folder or `[tool.runner] figures`' (`writeback.figure_folder`)."""
+
+    base: Path
+    sub: PurePath
+
+    @classmethod
+    def of(cls, post: Path, place: Figures | None) -> FigureFolder:
+        folder = PurePath(figure_folder(str(post), place))
+        if place is not None and folder.is_absolute():
+            return cls(place.folder, folder.relative_to(place.folder))
+        return cls(post.parent, folder)
+
+    @property
+    def path(self) -> Path:
+        return self.base / self.sub
+
+
+@dataclass(frozen=True)
 class Fresh:
     """A post as a fresh run renders it, against what is on disk."""
 
@@ -178,6 +208,7 @@ class Fresh:
     pictures: dict[Path, bytes]  # every figure the post links, as drawn now
     redrawn: dict[Path, str]  # figures missing on disk or changed by their pixels: how
     orphans: tuple[Path, ...]  # figure files beside the post that no snippet draws any more
+    folder: FigureFolder | None = None  # where they all are
 
     def differs(self, old: str) -> bool:
         return self.text != old or bool(self.redrawn or self.orphans)
@@ -192,29 +223,146 @@ class Fresh:
 
 def freshen(path: Path, post: Post, outputs: Mapping[int, Output], verified_by: str,
             options: RenderOptions) -> Fresh:
-    """What `verify` compares and `update` writes: text, stamp, figures (pixels, not bytes)."""
+    """What `verify` compares and `update` writes: text, stamp, figures (pixels, not bytes). A
+    figure folder (or figure) that is a symlink is a PostError: the runner does not follow it."""
     text = stamp(render(post, outputs, options), verified_by)
-    folder = path.parent
-    pictures = {folder / rel: png for rel, png in figures(post, outputs, options.figures).items()}
-    redrawn = {p: why for p, png in pictures.items() if (why := _stale_figure(p, png))}
-    own = folder / figure_folder(str(path), options.figures)  # absolute under [tool.runner] figures
-    orphans = tuple(p for p in sorted(own.glob(FIGURE_GLOB)) if p not in pictures)
-    return Fresh(text, pictures, redrawn, orphans)
+    folder = FigureFolder.of(path, options.figures)
+    drawn = {PurePath(rel).name: png
+             for rel, png in figures(post, outputs, options.figures).items()}
+    with _opened(path, folder) as handle:
+        on_disk = _figure_files(path, folder, handle)
+        redrawn = {folder.path / name: why for name, png in drawn.items()
+                   if (why := _stale_figure(handle, name, on_disk, png))}
+    pictures = {folder.path / name: png for name, png in drawn.items()}
+    orphans = tuple(folder.path / name for name in sorted(on_disk) if name not in drawn)
+    return Fresh(text, pictures, redrawn, orphans, folder)
 
 
-def _stale_figure(path: Path, png: bytes) -> str | None:
+def _stale_figure(folder: int | None, name: str, on_disk: set[str], png: bytes) -> str | None:
     """What differs between the figure on disk and the one drawn now (None: the same)."""
-    old = read_bytes(path)
+    old = _read_at(folder, name) if folder is not None and name in on_disk else None
     return "missing" if old is None else difference(old, png)
 
 
 def write_fresh(path: Path, old: str, fresh: Fresh) -> None:
     """The post (refused if it changed meanwhile: then no figure is touched), then its
-    figures: each by one rename."""
+    figures: each by one rename in their folder, opened again without following links."""
     if fresh.text != old:
         replace(path, old, fresh.text)
-    for picture in fresh.redrawn:
-        sweep(picture.parent)
-        write_atomic(picture, fresh.pictures[picture])
-    for orphan in fresh.orphans:
-        orphan.unlink()
+    if not (fresh.redrawn or fresh.orphans) or fresh.folder is None:
+        return
+    with _opened(path, fresh.folder, create=True) as handle:
+        assert handle is not None
+        sweep(fresh.folder.path)
+        for picture in fresh.redrawn:
+            _write_at(handle, picture.name, fresh.pictures[picture])
+        regular = _figure_files(path, fresh.folder, handle)
+        for orphan in fresh.orphans:
+            if orphan.name in regular:  # a regular file: never a link, nor a folder
+                os.unlink(orphan.name, dir_fd=handle)
+
+
+@contextlib.contextmanager
+def _opened(post: Path, folder: FigureFolder, create: bool = False) -> Iterator[int | None]:
+    """The figure folder, opened from its base one component at a time, none followed if it
+    is a link (O_NOFOLLOW); made where missing with `create`, else None. A component that is
+    a symlink or not a folder is a PostError naming the post."""
+    handle: int | None = os.open(folder.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth in range(1, len(folder.sub.parts) + 1):
+            assert handle is not None
+            inner = _open_folder(post, folder, handle, depth, create)
+            os.close(handle)
+            handle = inner
+            if handle is None:
+                break
+        yield handle
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_folder(post: Path, folder: FigureFolder, parent: int, depth: int,
+                 create: bool) -> int | None:
+    """The figure folder's component at `depth`, in `parent`, opened without following a
+    link (made first with `create`); None when it is missing."""
+    name = folder.sub.parts[depth - 1]
+    where = folder.base.joinpath(*folder.sub.parts[:depth])
+    if name in (".", "..", os.sep):
+        raise PostError(f"figure folder {folder.path} is not inside {folder.base}", post)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=parent)
+    try:
+        return os.open(name, _FOLDER, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+        raise PostError(f"figure folder {where} is {'a symlink' if link else 'not a folder'}: "
+                        "figures are written only into real folders, never through a link",
+                        post) from None
+
+
+def _figure_files(post: Path, folder: FigureFolder, handle: int | None) -> set[str]:
+    """The names of the regular figure files in the opened folder; a figure that is a symlink
+    is a PostError (it would be read, replaced or removed through)."""
+    if handle is None:
+        return set()
+    found = set()
+    with os.scandir(handle) as entries:
+        for entry in entries:
+            if not fnmatch.fnmatchcase(entry.name, FIGURE_GLOB):
+                continue
+            if entry.is_symlink():
+                raise PostError(f"figure {folder.path / entry.name} is a symlink: figures are "
+                                "only regular files, never read or written through a link",
+                                post)
+            if entry.is_file(follow_symlinks=False):
+                found.add(entry.name)
+    return found
+
+
+def _read_at(folder: int, name: str) -> bytes | None:
+    """A figure's bytes, read in its opened folder, or None where there is no regular file of
+    FIGURE_MAX_BYTES at most (never through a link, never a wait on a FIFO)."""
+    try:
+        handle = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=folder)
+    except OSError:
+        return None
+    with os.fdopen(handle, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > FIGURE_MAX_BYTES:
+            return None
+        data = file.read(FIGURE_MAX_BYTES + 1)
+    return data if len(data) <= FIGURE_MAX_BYTES else None
+
+
+def _write_at(folder: int, name: str, data: bytes) -> None:
+    """`data` as the file `name` in the opened folder, as `atomic.write_atomic` writes (a temp
+    file named after its writer beside it, fsync, one rename; an existing file's mode kept),
+    every step relative to the folder: a rename replaces a link, never writes through one."""
+    try:
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    temp = f".{name}.runner-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    handle = os.open(temp, flags, 0o600, dir_fd=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+            os.fchmod(out.fileno(), mode)
+        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=folder)
+        raise

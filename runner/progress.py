@@ -1,12 +1,15 @@
 """Progress while a run goes on: a rich live bar on a terminal, plain lines in CI logs.
 
-Both go to stderr, so stdout keeps only the results."""
+Both go to stderr, so stdout keeps only the results. A post's name is shown as it is
+(`runner.visible`; no rich markup read in it): only the bar's own colours reach the terminal."""
 
 from __future__ import annotations
 
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
+
+from runner.visible import visible
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -25,12 +28,12 @@ class RunProgress:
     def post_done(self, outcome: PostOutcome, done: int, total: int) -> None:
         if self._bar is None and self.stream.isatty():
             self._start_bar(total)
+        name = visible(outcome.path)
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, description=outcome.path)
+            self._bar.update(self._task, completed=done, description=name)
         else:
             elapsed = time.monotonic() - self.started
-            print(f"[{done}/{total}] {outcome.path} ({elapsed:.1f} s)", file=self.stream,
-                  flush=True)
+            print(f"[{done}/{total}] {name} ({elapsed:.1f} s)", file=self.stream, flush=True)
 
     def _start_bar(self, total: int) -> None:
         # rich only on a terminal: CI logs do not pay for its import
@@ -44,7 +47,7 @@ class RunProgress:
         )
 
         self._bar = Progress(TextColumn("posts"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("{task.description}"),
+                             TimeElapsedColumn(), TextColumn("{task.description}", markup=False),
                              console=Console(file=self.stream), transient=True)
         self._task = self._bar.add_task("", total=total)
         self._bar.start()

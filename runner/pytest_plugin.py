@@ -30,6 +30,7 @@ from runner.errors import PostError, UsageError
 from runner.markdown import POST_SUFFIXES
 from runner.model import ErrorInfo, Snippet
 from runner.report import STALE, PostOutcome, Run
+from runner.visible import visible
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -95,12 +96,13 @@ def outcomes(session: pytest.Session) -> dict[str, PostOutcome]:
 
 class RunnerFailure(Exception):
     """A snippet that failed, a post that cannot be read or planned, or stale recorded output:
-    its repr is the runner's one line; `details` (a traceback, a diff) follows it in reports."""
+    its repr is the runner's one line; `details` (a traceback, a diff) follows it in reports.
+    Both as they are: no control character from a post or a kernel reaches the terminal."""
 
     def __init__(self, line: str, details: str = "") -> None:
         super().__init__(line)
-        self.line = line
-        self.details = details
+        self.line = report.one_line(line)
+        self.details = visible(details)
 
     def __str__(self) -> str:
         return self.line
@@ -174,7 +176,7 @@ class SnippetItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return (self.path, self.snippet.line - 1,
-                f"{self.post_file.label}:{self.snippet.line} [{self.env}]")
+                visible(f"{self.post_file.label}:{self.snippet.line} [{self.env}]"))
 
 
 class PostErrorItem(pytest.Item):
@@ -195,4 +197,4 @@ class PostErrorItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.error.line
-        return self.path, None if line is None else line - 1, str(self.error)
+        return self.path, None if line is None else line - 1, report.one_line(str(self.error))

@@ -1,7 +1,9 @@
 """Outcomes -> what people and tools read: terminal lines, the JSON report, JUnit XML.
 
 Text from posts and snippets (messages, paths, output) is data: on a terminal it never starts a
-line that a CI runner reads as a command, and in XML it is always well formed."""
+line that a CI runner reads as a command, nor holds a control character that acts (colours, a
+title, a clipboard write: `runner.visible`); in XML it is always well formed; in the step
+summary's Markdown it stays in its code span, cell and row."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from runner.atomic import read_regular
 from runner.errors import EXIT_FAILED, EXIT_OK, UsageError
 from runner.model import SnippetResult
 from runner.posts import Fresh
+from runner.visible import visible
+from runner.writeback import table_cell
 
 PostStatus = Literal["passed", "failed", "stale", "error"]
 POST_STATUSES: tuple[PostStatus, ...] = ("passed", "failed", "stale", "error")
@@ -100,8 +104,9 @@ def exit_code(post_statuses: Sequence[str], snippet_statuses: Sequence[str]) -> 
 
 
 def one_line(text: str) -> str:
-    """A message on one line: its line breaks (every kind Python splits at) shown as `⏎`."""
-    return "⏎".join(text.splitlines())
+    """A message on one line, as it is: its line breaks (every kind Python splits at) shown as
+    `⏎`, every other control or invisible character as its escape (`runner.visible`)."""
+    return visible("⏎".join(text.splitlines()))
 
 
 def inert(line: str) -> str:
@@ -166,7 +171,7 @@ def terminal(run: Run) -> str:
         lines += [text for r in by_post.get(post.path, []) if (text := snippet_line(r))]
         lines.append(post_line(post))
         if post.diff:
-            lines += post.diff.splitlines()
+            lines += [visible(line) for line in post.diff.splitlines()]
     lines.append(summary_line(run))
     return "".join(inert(line) + "\n" for line in lines)
 
@@ -210,13 +215,15 @@ def write_json(run: Run, path: Path) -> None:
 # --- JUnit XML ---------------------------------------------------------------------------------
 
 HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? ")  # a unified diff's hunk header, recorded side
-# What XML 1.0 does not allow in a document, even escaped; surrogates cannot be UTF-8.
-NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# What XML 1.0 does not allow in a document, even escaped, and `visible` leaves as it is:
+# surrogates (they cannot be UTF-8 either), U+FFFE and U+FFFF.
+NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
 
 
 def _xml(text: str) -> str:
-    return NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if m[0] < " " else f"\\u{ord(m[0]):04x}",
-                       text)
+    """Text as XML 1.0 allows it and a test viewer shows it as it is: CRLF a newline, every
+    other control (C0, DEL, C1) and invisible character, and what XML forbids, escaped."""
+    return NOT_XML.sub(lambda m: f"\\u{ord(m[0]):04x}", visible(text.replace("\r\n", "\n")))
 
 
 def write_junit(run: Run, path: Path) -> None:
@@ -398,7 +405,7 @@ def bisect_annotations(results: Sequence[Bisected]) -> str:
 
 def bisect_summary(results: Sequence[Bisected]) -> str:
     """Markdown for $GITHUB_STEP_SUMMARY: which release broke each post, and the cost."""
-    rows = [f"| `{_cell(b.post)}` | {_cell(b.answer)} | {_cell(bisect_cost(b))} |"
+    rows = [f"| {_code_cell(b.post)} | {_text_cell(b.answer)} | {_text_cell(bisect_cost(b))} |"
             for b in results]
     return "\n".join(["## Which release changed each post (bisect)", "",
                       "| post | answer | cost |", "|---|---|---|", *rows, ""]) + "\n"
@@ -427,8 +434,9 @@ def github_annotations(run: Run) -> str:
 
 def _annotation(path: str, line: int, message: str) -> str:
     """Escaped as the runner unescapes: `%`, CR and LF in the message; those and `:` and `,`
-    in a property, so neither can end the command early or start another line."""
-    return f"::error file={_escape(path, ':,')},line={line}::{_escape(message)}"
+    in a property, so neither can end the command early or start another line; other controls
+    as `visible` shows them."""
+    return f"::error file={visible(_escape(path, ':,'))},line={line}::{visible(_escape(message))}"
 
 
 def _escape(text: str, also: str = "") -> str:
@@ -440,9 +448,9 @@ def _escape(text: str, also: str = "") -> str:
 
 def step_summary(run: Run) -> str:
     """A Markdown summary for $GITHUB_STEP_SUMMARY: totals, then a row per post."""
-    rows = [f"| `{_cell(p.path)}` | {p.status}{' (stamp only)' if p.stamp_stale else ''} | "
-            f"{_cell(p.error or '')} |" for p in run.posts]
-    failures = [f"- `{text}`" for r in run.snippets if (text := snippet_line(r))
+    rows = [f"| {_code_cell(p.path)} | {p.status}{' (stamp only)' if p.stamp_stale else ''} | "
+            f"{_text_cell(p.error or '')} |" for p in run.posts]
+    failures = [f"- {code_span(text)}" for r in run.snippets if (text := snippet_line(r))
                 and r.status == "failed"]
     return "\n".join([
         "## Posts verified by the runner", "", summary_line(run), "",
@@ -451,5 +459,21 @@ def step_summary(run: Run) -> str:
     ]) + "\n"
 
 
-def _cell(text: str) -> str:
-    return one_line(text).replace("|", "\\|")
+def code_span(text: str) -> str:
+    """`text` as one CommonMark code span that shows it exactly: between backtick runs longer
+    than any inside it, with a space at each end (which a reader strips) where it starts or
+    ends with a backtick or a space."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _code_cell(text: str) -> str:
+    """A GFM table cell of `text` as code, on one line; `|` escaped (a table row is split on
+    its pipes before code spans are read, and a cell's `\\|` is a `|` in its code span)."""
+    return code_span(one_line(text)).replace("|", "\\|")
+
+
+def _text_cell(text: str) -> str:
+    """A GFM table cell of `text` as text, on one line: no HTML, link, image or code span."""
+    return table_cell(one_line(text))

@@ -48,6 +48,7 @@ from runner.model import (
 )
 from runner.portable import moved
 from runner.report import PostOutcome, Run, post_key
+from runner.visible import visible
 from runner.writeback import (
     RenderOptions,
     figure_folder,
@@ -187,21 +188,21 @@ def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
     beside a planned post are seen for its verdict now, before they are read."""
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
     replay = verdicts if options.cache else None
-    planned = [_plan_one(path, config, overrides, options.keep_going, replay) for path in paths]
+    planned = [_plan_one(path, config, overrides, options, replay) for path in paths]
     for item in planned:
         if verdicts is not None and item.post is not None:
             verdicts.see_beside(item.path.parent)
     return planned
 
 
-def _plan_one(path: Path, config: Config, overrides: dict[str, str],
-              keep_going: bool, verdicts: verdict_store.Verdicts | None = None) -> Planned:
+def _plan_one(path: Path, config: Config, overrides: dict[str, str], options: Options,
+              verdicts: verdict_store.Verdicts | None = None) -> Planned:
     try:
         text = posts.read(path)
         replayed = verdicts.replay(path, text) if verdicts is not None else None
         if replayed is not None:
             return Planned(path, replayed=replayed)
-        post = markdown.parse(str(path), text)
+        post = plan.capped(markdown.parse(str(path), text), _timeout(config, options))
         sessions = plan.plan(post, config.envs, config.import_names)
         plan.check_network(post, sessions, config.envs, config.grants_network(path))
     except PostError as exc:
@@ -209,7 +210,7 @@ def _plan_one(path: Path, config: Config, overrides: dict[str, str],
     given = parameters.applicable(post, overrides)
     if given:
         sessions = tuple(replace(s, overrides=given) for s in sessions)
-    if keep_going:
+    if options.keep_going:
         sessions = tuple(replace(s, keep_going=True) for s in sessions)
     return Planned(path, post, sessions)
 
@@ -486,7 +487,10 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     if gained:  # a first stamp: every snippet moves down, and the lines its output names
         outputs = {line: moved(output, item.sessions[0].post, gained)
                    for line, output in outputs.items()}
-    fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
+    try:
+        fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
+    except PostError as exc:  # a figure folder or figure that is a symlink
+        return PostOutcome(path, "error", exc.message, exc.line, snippets=results)
     recorded = item.post.text
     if ignore_stamp and mode == "verify":
         recorded = stamp(item.post.text, verified_by)  # as if it had the fresh stamp
@@ -684,4 +688,5 @@ def _passenv(config: Config, options: Options) -> tuple[str, ...]:
 
 
 def say(text: str) -> None:
-    print(f"runner: {text}", file=sys.stderr, flush=True)
+    """A line on stderr; what it names (a post, a file, an error) shown as it is."""
+    print(f"runner: {visible(text)}", file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from runner.markdown import (
     split_lines,
 )
 from runner.model import EnvSpec, Output, Post, Session, Snippet
+from runner.visible import visible
 
 # Terminal escape sequences, removed: CSI (colours, cursor moves: `\x1b[31m`), the strings
 # of OSC, DCS, SOS, PM and APC ended by BEL or ST (titles, hyperlinks: `\x1b]8;;url\x07`), and
@@ -37,10 +38,6 @@ from runner.model import EnvSpec, Output, Post, Session, Snippet
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"
                   r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)"
                   r"|\x1b[ -/]*[0-~]")
-# Control characters left after that (C0 but tab and newline, DEL, C1, the Unicode line and
-# paragraph separators): shown as escapes, so that no byte of output can end a line, a fence
-# or a container early, or reach a reader's terminal raw.
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _UNIT = r"(?:ns|µs|μs|us|ms|s|min)"  # IPython writes µ or μ by version
 Patterns = Sequence[tuple[re.Pattern[str], str]]
 # Built-in normalisations, applied to all output before it is compared or written.
@@ -70,13 +67,14 @@ def normalize(text: str, patterns: Patterns = ()) -> str:
     as a terminal takes it (the text after it overwrites the line from its start: a progress
     bar keeps its last state); addresses and timings elided, then the project's own patterns;
     every other control character (NUL, BEL, ESC, backspace, form feed, DEL, C1, U+2028/9)
-    shown as its escape (`\\x00`, `\\u2028`), tab and newline kept; no trailing spaces, no
-    blank tail. So a snippet's output can never end its fence or its container early."""
+    and invisible character (bidi, zero-width, tags: `runner.visible`) as its escape (`\\x00`,
+    `\\u2028`, `\\u202e`), tab and newline kept; no trailing spaces, no blank tail. So a
+    snippet's output can never end its fence or its container early, nor hide in it."""
     text = ANSI.sub("", text).replace("\r\n", "\n")
     text = "\n".join(_carriage_returns(line) for line in text.split("\n"))
     for pattern, replacement in (*BUILTIN_PATTERNS, *patterns):
         text = pattern.sub(replacement, text)
-    text = CONTROL.sub(_escape, text)
+    text = visible(text)
     return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
 
 
@@ -87,11 +85,6 @@ def _carriage_returns(line: str) -> str:
     for piece in line.split("\r"):
         shown = piece + shown[len(piece):]
     return shown
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def render(post: Post, outputs: Mapping[int, Output],
@@ -327,7 +320,7 @@ def markdown_table(html: str, patterns: Patterns = ()) -> list[str]:
     """A pandas DataFrame's HTML as a Markdown table; [] when it is not a plain grid."""
     reader = _TableReader()
     reader.feed(html)
-    rows = [[_table_cell(normalize(cell, patterns)) for cell in row] for row in reader.rows]
+    rows = [[table_cell(normalize(cell, patterns)) for cell in row] for row in reader.rows]
     if reader.spans or not rows or len({len(r) for r in rows}) != 1:
         return []
     head_rows, body = rows[:reader.head_rows] or rows[:1], rows[reader.head_rows or 1:]
@@ -335,7 +328,7 @@ def markdown_table(html: str, patterns: Patterns = ()) -> list[str]:
     return ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *body]]
 
 
-def _table_cell(text: str) -> str:
+def table_cell(text: str) -> str:
     """A cell's text as GFM table cell content that shows exactly that text, never HTML, a
     link or an image: `<`, `>` and `&` as entities (`<script>` stays text, `&lt;` stays
     `&lt;`), `|`, backtick and `[` escaped, a backslash before punctuation doubled, newlines

@@ -221,6 +221,7 @@ def test_merged_report_exit_code_follows_the_runs_rule(
 
 @pytest.mark.parametrize("argv", [
     ["verify", "--jobs", "x"], ["verify", "--jobs", "0"], ["update", "--timeout", "soon"],
+    ["verify", "--timeout", "inf"], ["verify", "--deadline", "1e400"],
     ["verify", "--shard", "3/2"], ["verify", "--no-such-option"], [], ["frobnicate"],
     ["envs", "frobnicate"], ["report", "merge", "a.json"]])
 def test_usage_errors_are_one_line_naming_options_not_code(argv: list[str]) -> None:
@@ -257,3 +258,21 @@ def test_envs_lock_says_whether_the_lock_changed(
     assert capsys.readouterr().out.endswith("requirements.lock unchanged\n")
     assert main(["envs", "lock", "tiny", "--upgrade"]) == 0
     assert "requirements.lock updated: a new lock hash" in capsys.readouterr().out
+
+
+def test_an_error_line_shows_what_a_post_name_holds_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with OSC 52 (a clipboard write), a colour and RLO in it: one line, each shown as
+    its escape, none raw on the terminal."""
+    import re
+
+    monkeypatch.chdir(tiny_project(tmp_path, ""))
+    name = "no\x1b]52;c;ZXZpbA==\x07such\x1b[32m\u202e.md"
+    code, err = one_line_failure(capsys, ["verify", name])
+    assert code == 2
+    assert "no\\x1b]52;c;ZXZpbA==\\x07such\\x1b[32m\\u202e.md" in err
+    assert re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", err) is None
+    (tmp_path / "bro\x1b[2Jken.md").write_bytes(b"```python\nprint(1)\n")  # an unclosed fence
+    code, err = one_line_failure(capsys, ["notebooks", str(tmp_path), "--out", "books"])
+    assert code == 1 and "bro\\x1b[2Jken.md:1: " in err and "\x1b" not in err

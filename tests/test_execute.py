@@ -11,6 +11,7 @@ import pytest
 from runner.markdown import parse
 from runner.model import SnippetResult
 from runner.plan import plan
+from tests.conftest import FIXTURES
 
 
 def run(built, project, text: str, timeout: float = 60, limits=None) -> list[SnippetResult]:  # type: ignore[no-untyped-def]
@@ -49,6 +50,20 @@ def test_a_sessions_notebook_is_valid_and_the_same_each_time(project) -> None:  
     assert [c.metadata.runner.line for c in book.cells] == [1, 9]
     assert book.cells[1].metadata.runner.timeout == 5
     assert session_notebook(session) == book
+
+
+def test_a_cells_line_is_after_the_blank_lines_ipython_drops(project) -> None:  # type: ignore[no-untyped-def]
+    """A cell's `runner.line` (what its compiled line N is added to) counts the blank and
+    whitespace-only lines IPython's `leading_empty_lines` drops; an indented first line, a
+    blank-only cell and a form feed (no line to the compiler) move nothing."""
+    from runner.notebooks import session_notebook
+
+    codes = ["\n \t\nx = 1", "    y = 2\n    z = 3", "\n\n", "\x0c\nw = 4"]
+    [session] = plan(parse("p.md", fences(*codes)), project.envs)
+    fence_lines = [s.line for s in session.snippets]
+    assert fence_lines == [1, 6, 10, 15]
+    book = session_notebook(session)
+    assert [c.metadata.runner.line for c in book.cells] == [1 + 2, 6, 10, 15 + 1]
 
 
 def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
@@ -268,3 +283,26 @@ def test_pip_magics_say_why_not_wherever_they_are(built, project) -> None:  # ty
     assert result.error is not None and result.error.type == "RuntimeError"
     assert result.error.message.startswith("installing is not done at run time: the env is "
                                            "pinned")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("name", "raising", "warning"), [("leading-blank-lines.md", 10, 9),
+                                                          ("leading-indent.md", 6, 5)])
+def test_lines_are_the_posts_when_ipython_drops_a_cells_leading_blank_lines(
+        built, project, name: str, raising: int, warning: int) -> None:  # type: ignore[no-untyped-def]
+    """IPython compiles a cell without its leading blank (or blank-looking) lines; the error's
+    post line and a warning's `file:line` still name the post's own lines. A first line
+    indented (IPython dedents the cell) moves nothing."""
+    text = (FIXTURES / "execute" / name).read_text()
+    assert text.splitlines()[raising - 1].lstrip().startswith("raise ValueError")
+    [result] = run(built, project, text)
+    assert result.error is not None and result.error.type == "ValueError"
+    assert result.error.post_line == raising
+    assert f"posts/t.md:{warning}: UserWarning: look here" in result.output.stderr
+
+
+@pytest.mark.kernel
+def test_a_crash_after_leading_blank_lines_names_its_line(built, project) -> None:  # type: ignore[no-untyped-def]
+    [result] = run(built, project, fences("\n\nimport ctypes\nctypes.string_at(0)"))
+    assert result.error is not None and result.error.type == "DeadKernelError"
+    assert result.error.message.endswith("at line 5") and result.error.post_line == 5

@@ -220,6 +220,7 @@ def test_a_post_that_vanishes_before_its_write_is_an_error(tmp_path: Path) -> No
 @pytest.mark.parametrize("table, message", [
     ("[tool.runner]\n[tool.runner.env.nope]\n", "[tool.runner.env.nope] names no folder"),
     ("[tool.runner]\ntimeout = \"soon\"\n", "timeout must be a positive number"),
+    ("[tool.runner]\ntimeout = inf\n", "timeout must be a positive number of seconds (finite)"),
     ("[tool.runner]\nenvs = 3\n", "envs must be a string"),
     ("[tool.runner\n", "cannot read"),
 ])

@@ -251,6 +251,8 @@ ERRORS = {
     "negative timeout": ("text\n\n```python runner:timeout=-5\nx\n```\n", 3),
     "non-number timeout": ("text\n\n```python runner:timeout=soon\nx\n```\n", 3),
     "nan timeout": ("text\n\n```python runner:timeout=nan\nx\n```\n", 3),
+    "infinite timeout": ("text\n\n```python runner:timeout=inf\nx\n```\n", 3),
+    "timeout past a float's range": ("text\n\n```python runner:timeout=1e400\nx\n```\n", 3),
     "tolerance without value": ("text\n\n```python runner:tolerance\nx\n```\n", 3),
     "tolerance not a number": ("text\n\n```python runner:tolerance=tight\nx\n```\n", 3),
     "negative tolerance": ("text\n\n```python runner:tolerance=-1e-6\nx\n```\n", 3),
@@ -286,6 +288,14 @@ ERRORS = {
     "invalid YAML: unclosed quote": ('---\ntitle: "abc\nmore: 1\nz: 2\n---\n', 2),
     "invalid YAML: bad indentation": ("---\ntitle: x\n  bad: y\n---\n", 3),
     "invalid YAML: bad token": ("---\na: 1\nb: 2\nc: @x\n---\n", 4),
+    # a key twice: the line of the second (readers keep the last, `update` stamps the first)
+    "a key twice in front matter": ("---\nverified_by: a\ntitle: t\nverified_by: b\n---\n", 4),
+    "a key twice, once quoted": ("---\nverified_by: a\n\"verified_by\": b\n---\n", 3),
+    "a key twice in a nested mapping": ("---\nrunner:\n  env: a\n  env: b\n---\n", 4),
+    "a key twice in a flow mapping": ("---\ntitle: t\nx: {a: 1, b: 2, a: 3}\n---\n", 3),
+    "a key twice in a list's mapping": ("---\nitems:\n  - {a: 1}\n  - a: 1\n    a: 2\n---\n",
+                                        5),
+    "a key twice after a merge": ("---\nb: &b {x: 1}\nm:\n  <<: *b\n  y: 2\n  y: 3\n---\n", 6),
     "unclosed front matter": ("---\ntitle: x\n\n# Heading\n", 1),
     "front matter not a mapping": ("---\n- a\n- b\n---\n", 2),
     "runner setting not a mapping": ("---\nrunner: ml\n---\n", 1),
@@ -307,6 +317,13 @@ def test_errors_name_path_and_line(case: str, ending: str) -> None:
     assert str(error).startswith(f"{path}:{line}: ")
 
 
+def test_a_timeout_that_is_no_finite_number_is_one_line_at_its_fence() -> None:
+    with pytest.raises(PostError) as info:
+        parse("posts/x.md", "# T\n\n```python runner:timeout=inf\nx = 1\n```\n")
+    assert str(info.value) == ("posts/x.md:3: runner:timeout must be a positive number of "
+                               "seconds (finite), not 'inf'")
+
+
 def test_markers_of_other_languages_are_not_checked() -> None:
     post = parse("p.md", "```bash runner:bogus runner:timeout=0\nls\n```\n")
     assert post.snippets == ()
@@ -316,6 +333,26 @@ def test_front_matter_closed_with_dots() -> None:
     post = parse("p.md", "---\nrunner: {env: web}\n...\n\n```python\nx\n```\n")
     assert post.default_env == "web"
     assert summary(post) == [(5, "x\n", NONE, False)]
+
+
+def test_a_key_given_twice_in_front_matter_says_where_both_are() -> None:
+    text = "---\ntitle: t\nverified_by: \"runner 1; sklearn 0\"\nverified_by: forged\n---\n# T\n"
+    with pytest.raises(PostError) as info:
+        parse("posts/x.md", text)
+    assert str(info.value) == ("posts/x.md:4: invalid YAML front matter: key 'verified_by' "
+                               "given twice (first at line 3)")
+
+
+def test_merge_keys_override_without_being_duplicates() -> None:
+    """`<<: *base` then a key of base: YAML's merge, not a key given twice (also when the
+    merged mapping merges another)."""
+    text = ("---\nbase: &b {x: 1, y: 2}\nmid: &m\n  <<: *b\n  x: 3\nmine:\n  <<: [*m, *b]\n"
+            "  y: 4\n---\n")
+    import yaml
+
+    post = parse("p.md", text)
+    assert post.front_matter["mid"] == {"x": 3, "y": 2}
+    assert post.front_matter == yaml.load(text.strip("-\n"), yaml.CSafeLoader)
 
 
 def test_empty_front_matter_and_no_runner_setting() -> None:

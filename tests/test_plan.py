@@ -4,7 +4,7 @@ import pytest
 
 from runner.errors import PlanError
 from runner.markdown import parse
-from runner.plan import plan, third_party_imports
+from runner.plan import capped, plan, third_party_imports
 from tests.conftest import spec
 
 ENVS = {
@@ -149,3 +149,14 @@ def test_import_names_from_config_override_the_table() -> None:
 
 def test_magics_do_not_hide_imports() -> None:
     assert third_party_imports("%matplotlib inline\nimport pandas as pd\n!pip list") == ("pandas",)
+
+
+def test_a_timeout_marker_lowers_the_runs_timeout_never_raises_it() -> None:
+    text = post((" runner:timeout=1e300", "a = 1"), (" runner:timeout=5", "b = 2"), ("", "c = 3"),
+                (" runner:timeout=60", "d = 4"))
+    parsed = parse("p.md", text)
+    timeouts = [s.markers.timeout for s in capped(parsed, 60.0).snippets]
+    assert timeouts == [60.0, 5.0, None, 60.0]  # the run's 60 s, or less; no marker: the run's
+    assert capped(parsed, 60.0).snippets[1] == parsed.snippets[1]
+    [session] = plan(capped(parsed, 60.0), ENVS)
+    assert [s.markers.timeout for s in session.snippets] == timeouts

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,14 +21,15 @@ import pytest
 
 from runner import posts
 from runner.atomic import TooLarge, read_regular
-from runner.config import Config
+from runner.config import Config, Figures
 from runner.errors import PostError
 from runner.markdown import parse
 from runner.model import Output, SnippetResult
 from runner.plan import plan
+from runner.report import PostOutcome
 from runner.run import Planned, settle
 from runner.writeback import RenderOptions
-from tests.conftest import without_waiting
+from tests.conftest import FIXTURES, without_waiting
 
 POST = "# Title\n\n```python runner:env=sklearn\nprint(1)\n```\n"
 
@@ -235,3 +237,93 @@ def test_a_post_changed_on_disk_during_the_run_is_an_error(tmp_path: Path, proje
     written = settle(item, results(item), project, "update", options)
     assert written.status == "error" and not written.written
     assert post.read_text().endswith("\nA new paragraph.\n")
+
+
+# --- figures: only into real folders inside the post's -----------------------------------------
+
+DRAWN = b"\x89PNG drawn by this run"
+
+
+def _figure_run(post: Path, project: Config, place: Figures | None = None) -> PostOutcome:
+    """`update` of the figure fixture at `post`, its snippet drawing one figure."""
+    from dataclasses import replace
+
+    from runner.model import Part
+
+    shutil.copy(FIXTURES / "posts" / "figure.md", post)
+    config = replace(project, figures=place)
+    item = planned(post, config)
+    drawn = tuple(SnippetResult(s, "sklearn", "passed", Output(parts=(Part(
+        "image", "<Figure size 640x480 with 1 Axes>", png=DRAWN),)))
+        for session in item.sessions for s in session.snippets)
+    options = RenderOptions(config.patterns, config.max_output_lines, figures=place)
+    return settle(item, drawn, config, "update", options)
+
+
+def _outside(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A folder outside the project, holding files named like the post's figures."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    files = {"snippet-1-figure-1.png": b"someone else's picture",
+             "snippet-9-figure-1.png": b"someone else's other picture", "notes.txt": b"mine"}
+    for name, data in files.items():
+        (outside / name).write_bytes(data)
+    return outside, files
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("where", ["beside the post", "under [tool.runner] figures",
+                                   "a folder above it in [tool.runner] figures"])
+def test_update_never_writes_nor_removes_through_a_symlinked_figure_folder(
+        tmp_path: Path, project: Config, where: str) -> None:
+    outside, files = _outside(tmp_path)
+    content = tmp_path / "project" / "content" / "2024"
+    content.mkdir(parents=True)
+    static = tmp_path / "project" / "static" / "figures"
+    place = None if where == "beside the post" else Figures(static, "/figures", content.parent)
+    if place is None:
+        (content / "figure").symlink_to(outside)  # content/2024/figure.md's folder
+    elif where == "under [tool.runner] figures":
+        (static / "2024").mkdir(parents=True)
+        (static / "2024" / "figure").symlink_to(outside)
+    else:
+        static.mkdir(parents=True)
+        (static / "2024").symlink_to(outside)
+    post = content / "figure.md"
+    outcome = _figure_run(post, project, place)
+    assert (outcome.status, outcome.written) == ("error", False)
+    assert outcome.error is not None and outcome.error.startswith("figure folder ")
+    assert "is a symlink: figures are written only into real folders" in outcome.error
+    assert "\n" not in outcome.error
+    assert _contents(outside) == files  # nothing written there, nothing removed
+    assert post.read_bytes() == (FIXTURES / "posts" / "figure.md").read_bytes()
+
+
+def test_a_figure_that_is_a_symlink_is_an_error_and_stays_a_link(tmp_path: Path,
+                                                                 project: Config) -> None:
+    outside, files = _outside(tmp_path)
+    (tmp_path / "posts" / "figure").mkdir(parents=True)
+    drawn = tmp_path / "posts" / "figure" / "snippet-1-figure-1.png"
+    drawn.symlink_to(outside / "snippet-1-figure-1.png")
+    post = tmp_path / "posts" / "figure.md"
+    outcome = _figure_run(post, project)
+    assert (outcome.status, outcome.written) == ("error", False)
+    assert outcome.error == (f"figure {drawn} is a symlink: figures are only regular files, "
+                             "never read or written through a link")
+    assert drawn.is_symlink() and _contents(outside) == files
+    assert post.read_bytes() == (FIXTURES / "posts" / "figure.md").read_bytes()
+
+
+def test_figures_go_into_real_folders_and_only_regular_files_are_removed(
+        tmp_path: Path, project: Config) -> None:
+    folder = tmp_path / "posts" / "figure"
+    (folder / "snippet-8-figure-1.png").mkdir(parents=True)  # a folder so named: left alone
+    (folder / "snippet-9-figure-1.png").write_bytes(b"no snippet draws this any more")
+    outcome = _figure_run(tmp_path / "posts" / "figure.md", project)
+    assert (outcome.status, outcome.written) == ("passed", True)
+    assert sorted(os.listdir(folder)) == ["snippet-1-figure-1.png", "snippet-8-figure-1.png"]
+    assert (folder / "snippet-1-figure-1.png").read_bytes() == DRAWN
+    assert oct((folder / "snippet-1-figure-1.png").stat().st_mode & 0o777) == "0o644"

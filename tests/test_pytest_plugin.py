@@ -191,3 +191,15 @@ def test_the_plugin_passes_parameters_as_the_cli_does(project: pytest.Pytester) 
     project.runpytest(*PLUGIN, "--run-posts").assert_outcomes(failed=1, passed=1)
     project.runpytest(*PLUGIN, "--run-posts", "--runner-param", "EPOCHS=1").assert_outcomes(
         passed=2)
+
+
+def test_a_failure_shows_what_a_kernel_sent_as_it_is() -> None:
+    """pytest prints a failure's line and details to the terminal: a kernel's colours and OSC
+    52 in them are shown as escapes, the traceback keeps its lines."""
+    from runner.pytest_plugin import RunnerFailure
+
+    failure = RunnerFailure("posts/x.md:3: ValueError: \x1b[32mPASSED\x1b[0m\u202e",
+                            "Traceback\n  \x1b]52;c;ZXZpbA==\x07\n")
+    assert str(failure) == "posts/x.md:3: ValueError: \\x1b[32mPASSED\\x1b[0m\\u202e"
+    assert failure.report().endswith("\n\nTraceback\n  \\x1b]52;c;ZXZpbA==\\x07")
+    assert "\x1b" not in failure.report() and "\x07" not in failure.report()

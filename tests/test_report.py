@@ -4,15 +4,19 @@ message can turn into a workflow command, and a summary that counts posts and sn
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 from runner.model import Markers, Snippet, SnippetResult
 from runner.report import (
+    Bisected,
     PostOutcome,
     Run,
+    bisect_summary,
     first_changed_line,
     github_annotations,
     merge,
@@ -125,7 +129,53 @@ def test_junit_stays_well_formed_whatever_a_message_holds(tmp_path: Path) -> Non
     assert "\\x00" in message and "\\x1b" in message and "\\ud800" in message
 
 
+# Text a post or a kernel controls, as an attacker writes it: colours that repaint the run,
+# OSC 52 (a write to the reader's clipboard), a title, NUL, BEL, a C1 CSI, DEL, bidi controls,
+# a tag character, a zero-width space.
+HOSTILE = ("red \x1b[31mFAILED\x1b[0m \x1b]52;c;ZXZpbA==\x07 \x1b]0;title\x07 nul \x00 bel \x07 "
+           "csi \x9b2J del \x7f rlo \u202e lri \u2066 tag \U000e0041 zw \u200b bom \ufeff")
+# What must never be written raw (tab and newline may be)
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060"
+                 "\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
+
+
+def hostile_run() -> Run:
+    """Post names, messages, a traceback and a diff with every kind of control in them."""
+    name = "posts/\x1b[32mok\x1b[0m.md"
+    result = SnippetResult.failed(snippet(name, 3), "sklearn", "ValueError\x1b[2K", HOSTILE, 4,
+                                  f"Traceback\n  raise ValueError({HOSTILE!r})\n{HOSTILE}\n")
+    diff = unified_diff("posts/s\u202e.md", "a\r\nb\r\n", f"a\r\n{HOSTILE}\r\n")
+    return Run((PostOutcome(name, "failed", snippets=(result,)),
+                PostOutcome("posts/e\x1b]52;c;eA==\x07.md", "error", HOSTILE, 2),
+                PostOutcome("posts/s\u202e.md", "stale", diff=diff,
+                            snippets=(passed("posts/s\u202e.md", 1),))))
+
+
+def test_junit_escapes_every_control_a_post_or_kernel_sent(tmp_path: Path) -> None:
+    suite = junit(hostile_run(), tmp_path)  # parses
+    texts = [v for case in suite.iter() for v in (*case.attrib.values(), case.text or "")]
+    assert texts and all(RAW.search(text) is None for text in texts)
+    failure = suite[0][0]
+    assert "\\x1b]52;c;ZXZpbA==\\x07" in (failure.get("message") or "")
+    assert "\\u202e" in (failure.text or "") and "\\U000e0041" in (failure.text or "")
+    stale = suite[4][0].text or ""
+    assert "\n-b\n+red \\x1b[31mFAILED" in stale and "\\x0d" not in stale  # CRLF: lines
+
+
 # --- the terminal ------------------------------------------------------------------------------
+
+
+def test_no_terminal_line_holds_a_raw_control_from_a_post_or_a_kernel() -> None:
+    text = terminal(hostile_run())
+    assert RAW.search(text) is None
+    assert ("posts/\\x1b[32mok\\x1b[0m.md:4: ValueError\\x1b[2K: red \\x1b[31mFAILED\\x1b[0m "
+            "\\x1b]52;c;ZXZpbA==\\x07 \\x1b]0;title\\x07 nul \\x00 bel \\x07 csi \\x9b2J del "
+            "\\x7f rlo \\u202e lri \\u2066 tag \\U000e0041 zw \\u200b bom \\ufeff\n") in text
+    assert "posts/e\\x1b]52;c;eA==\\x07.md:2: error: red \\x1b[31mFAILED" in text
+    assert "\n+red \\x1b[31mFAILED" in text  # a diff's line, as it is
+    assert RAW.search(github_annotations(hostile_run())) is None
+
+
 
 
 def forged_run() -> Run:
@@ -208,6 +258,52 @@ def test_step_summary_shows_posts_and_snippets() -> None:
     assert "| `posts/d.md` | error | invalid YAML front matter |" in text
     broken = Run((PostOutcome("p.md", "error", "a | b\nc"),))
     assert "| `p.md` | error | a \\| b⏎c |" in step_summary(broken)
+
+
+MD = MarkdownIt("commonmark").enable("table")  # GFM tables, as GitHub reads a summary
+
+
+def _cells(text: str) -> list[list[list[tuple[str, str]]]]:
+    """Each table row of the Markdown, as its cells' inline tokens (type, content)."""
+    rows: list[list[list[tuple[str, str]]]] = []
+    cell = False
+    for token in MD.parse(text):
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type in ("th_open", "td_open", "th_close", "td_close"):
+            cell = token.type.endswith("open")
+        elif token.type == "inline" and cell:
+            rows[-1].append([(c.type, c.content) for c in token.children or []])
+    return rows
+
+
+def _shown(tokens: list[tuple[str, str]]) -> str:
+    assert {kind for kind, _ in tokens} <= {"text", "text_special"}, tokens  # no HTML, link
+    return "".join(content for _, content in tokens)
+
+
+@pytest.mark.parametrize("name", ["posts/we``ird`.md", "`lead.md", "trail`", "a|b.md",
+                                  " spaced .md", "posts/x.md"])
+def test_step_summary_cells_hold_whatever_a_name_or_message_holds(name: str) -> None:
+    """A backtick in a name cannot end its code span, a `|` cannot end its cell, a newline
+    cannot end its row, and a message is text (no HTML, link, code span of its own)."""
+    message = "use `x` | y\nz ``` <b>bold</b> [link](http://x) ![i](y) \\| \x1b[31m\u202e"
+    run = Run((PostOutcome(name, "error", message, 2),
+               PostOutcome(name, "failed", snippets=(failed(name, 1, message),))))
+    text = step_summary(run)
+    assert RAW.search(text) is None
+    _, *rows = _cells(text)
+    assert [len(row) for row in rows] == [3, 3] and rows[0][1] == [("text", "error")]
+    assert rows[0][0] == [("code_inline", name)]  # the name, exactly, in one code span
+    shown = "use `x` | y⏎z ``` <b>bold</b> [link](http://x) ![i](y) \\| \\x1b[31m\\u202e"
+    assert _shown(rows[0][2]) == shown
+    [failure] = [t for t in MD.parse(text) if t.type == "inline" and t.level == 3]
+    assert [(c.type, c.content) for c in failure.children or []] == [
+        ("code_inline", f"{name}:1: ValueError: {shown}")]
+    found = Bisected(name, "numpy", f"{name}: fails from numpy 2.0 ({message})", found=True)
+    [row] = _cells(bisect_summary([found]))[1:]
+    assert len(row) == 3 and row[0] == [("code_inline", name)]
+    assert _shown(row[1]) == f"{name}: fails from numpy 2.0 ({shown})".strip()  # a cell: trimmed
 
 
 # --- the JSON report and merged shards ---------------------------------------------------------

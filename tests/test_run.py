@@ -117,3 +117,65 @@ def test_keep_going_reports_every_failure_and_install_lines_meet_the_lock(
     assert run.snippets[1].error.message.endswith("did you mean 'sklearn'?")
     assert run.snippets[3].output.stdout == "still runs\n"
     assert run.snippets[0].output.stdout == ""  # the satisfied install line printed nothing
+
+
+@pytest.mark.kernel
+def test_a_timeout_marker_cannot_lift_the_runs_timeout(tmp_path: Path, project: Config) -> None:
+    """`runner:timeout=1e300` under `--timeout 2`: the snippet is stopped after 2 s, not when
+    the post says."""
+    import time
+
+    text = "# T\n\n```python runner:timeout=1e300\nimport time\ntime.sleep(20)\n```\n"
+    started = time.monotonic()
+    run = run_text(tmp_path / "p.md", project, text, timeout=2)
+    [result] = run.posts[0].snippets
+    assert result.error is not None and result.error.type == "TimeoutError"
+    assert result.error.message == "timed out after 2 s at line 5"
+    assert time.monotonic() - started < 15
+
+
+def test_an_infinite_timeout_marker_is_an_error_at_its_fence(tmp_path: Path,
+                                                             project: Config) -> None:
+    text = "# T\n\n```python runner:timeout=inf\nprint(1)\n```\n"
+    [post] = run_text(tmp_path / "p.md", project, text).posts
+    assert (post.status, post.error_line, post.snippets) == ("error", 3, ())
+    assert post.error == "runner:timeout must be a positive number of seconds (finite), not 'inf'"
+
+
+def test_the_cache_key_follows_the_effective_timeout(tmp_path: Path, project: Config) -> None:
+    """A marker above the run's timeout runs under the run's: keyed as such; below, its own."""
+    from runner.run import Options, look_up_cache, read_and_plan
+
+    def key(marker: str, timeout: float) -> str:
+        post = tmp_path / "p.md"
+        post.write_text(f"# T\n\n```python{marker}\nprint(1)\n```\n")
+        options = Options(timeout=timeout)
+        [job] = look_up_cache(read_and_plan([post], project, options), project, options)
+        return job.key
+
+    assert key(" runner:timeout=1e300", 60) == key(" runner:timeout=1e299", 60) == key(
+        " runner:timeout=60", 60)
+    assert key(" runner:timeout=1e300", 60) != key(" runner:timeout=1e300", 30)
+    assert key(" runner:timeout=5", 60) != key(" runner:timeout=60", 60)
+
+
+def test_update_refuses_a_post_with_two_stamps(tmp_path: Path, project: Config) -> None:
+    """Two `verified_by` keys: YAML readers show the last (forged), `update` would stamp the
+    first; the post is an error at the second key and stays byte for byte as it was."""
+    text = ("---\ntitle: t\nverified_by: \"runner 0.1; sklearn 000000000000\"\n"
+            "verified_by: \"runner 9.9; sklearn forged\"\n---\n\n```python\nprint(1)\n```\n")
+    post = tmp_path / "p.md"
+    [outcome] = run_text(post, project, text, mode="update").posts
+    assert (outcome.status, outcome.error_line, outcome.written) == ("error", 4, False)
+    assert outcome.error == ("invalid YAML front matter: key 'verified_by' given twice "
+                             "(first at line 3)")
+    assert post.read_bytes() == text.encode()
+
+
+def test_what_the_run_says_shows_what_it_names_as_it_is(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.run import say
+
+    say("cannot read durations from r\x1b]52;c;eA==\x07.json\u202e")
+    assert capsys.readouterr().err == "runner: cannot read durations from " \
+        "r\\x1b]52;c;eA==\\x07.json\\u202e\n"

@@ -7,6 +7,7 @@ the outputs in `CASES` below. The goldens are plain LF files; the CRLF variants 
 from __future__ import annotations
 
 import difflib
+import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -466,6 +467,37 @@ def test_normalize_shows_what_a_terminal_shows_and_escapes_other_controls() -> N
     assert normalize("tab\tkept") == "tab\tkept"
 
 
+# What changes how text around it reads while showing nothing: bidi controls, zero-width
+# characters, tag characters (written here as escapes, as the runner must write them).
+INVISIBLE = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
+             "\u2069", "\u200e", "\u200f", "\u061c", "\u200b", "\u200c", "\u200d", "\u2060",
+             "\ufeff", "\U000e0000", "\U000e0001", "\U000e0041", "\U000e007f"]
+UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060"
+                    "\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
+
+
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_invisible_characters_are_written_as_escapes(char: str) -> None:
+    from runner.model import Part
+
+    escape = char.encode("unicode_escape").decode()  # `\u202e`, `\U000e0041`
+    assert normalize(f"a{char}b") == f"a{escape}b"
+    post = parse("p.md", "```python\nx\n```\n")
+    output = Output(f"ok {char}\n", f"warn{char}", (Part("text", f"ok {char}\n"),
+                    Part("table", "df", html=f"<table><tr><td>c{char}</td></tr></table>")))
+    written = render(post, {1: output})
+    assert char not in written and UNSEEN.search(written) is None
+    assert f"ok {escape}" in written and f"warn{escape}" in written and f"c{escape}" in written
+    assert render(parse("p.md", written), {1: output}) == written  # verify agrees with update
+
+
+def test_a_reversed_line_reads_as_it_runs() -> None:
+    """Trojan Source: RLO makes `x = "admin"; # user` show reversed; recorded, it is visible."""
+    post = parse("p.md", "```python\nx\n```\n")
+    written = render(post, {1: Output('access = "user\u202e \u2066# admin\u2069 \u2066"\n')})
+    assert 'access = "user\\u202e \\u2066# admin\\u2069 \\u2066"' in written
+
+
 def test_carriage_return_in_a_list_item_stays_in_its_block() -> None:
     # A lone \r was a line break to markdown-it: the fence ended, the <script> became raw HTML,
     # and the block was not found again, so each update added another copy.
@@ -531,7 +563,7 @@ HOSTILE = st.sampled_from([
     "\r", "\r\n", "\n", "\t", "\x00", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x1b[31m",
     "\x1b]0;title\x07", "\x1b]8;;u\x1b\\", "\x7f", "\x85", "\u2028", "\u2029", "```", "````",
     "~~~", "-->", "<!--", "<script>alert(1)</script>", "<b>", "&lt;", "&amp;", "|", "\\", "`",
-    "> ", "- ", "    ", "#", "---", "![x](y)", "[x]: y", OUTPUT_LABEL, END,
+    "> ", "- ", "    ", "#", "---", "![x](y)", "[x]: y", OUTPUT_LABEL, END, *INVISIBLE,
 ])
 hostile_text = st.lists(st.one_of(st.text(max_size=12), HOSTILE), max_size=8).map("".join)
 
@@ -570,8 +602,10 @@ def test_any_output_stays_in_its_block_in_any_container(container: str, first: O
     line = post.snippets[0].line
     for output in (first, second, Output(stdout)):
         updated = render(post, {line: output})
-        # (a) no HTML from the output: only what the post had, and every part where written
+        # (a) no HTML from the output: only what the post had, and every part where written;
+        # no control or invisible character raw
         assert _html_tokens(updated) == _html_tokens(text)
+        assert UNSEEN.search(updated) is None
         assert "<script" not in MD.render(updated)
         tokens = MD.parse(updated)
         assert "After." in [t.content for t in tokens if t.type == "inline"]
