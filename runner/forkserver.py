@@ -363,6 +363,9 @@ def _session_view(limits: dict[str, Any], scratch: str, uid: int | None,
         _hand_over(session, scratch, uid)
     if outbound:
         _resolver()
+    if os.path.isdir("/dev/pts"):  # a pty instance of its own (bubblewrap's is the env's)
+        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620")
     for path in ("/", "/dev"):
         _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
 
@@ -549,6 +552,67 @@ def _drop_capabilities(uid: int | None = None) -> None:
 
     _check(libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()), "capset")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no dump to a host's core_pattern pipe
+    _seccomp()
+
+
+# Syscalls a kernel may not make (Docker's default profile refuses them too): the keyring
+# calls (keyrings are not namespaced: the runner's session keyring, and every `nobody`
+# process's user keyring, would be a kernel's to read and to leave keys in) and new user
+# namespaces (in which a process has every capability again: the kernel's attack surface for
+# local privilege escalation). Numbers by architecture: (AUDIT_ARCH, add_key, request_key,
+# keyctl, unshare, clone, clone3). Every other ABI's calls (i386's int 0x80, x32) are refused.
+_SECCOMP_ARCHES = {
+    "x86_64": (0xC000003E, 248, 249, 250, 272, 56, 435),
+    "aarch64": (0xC00000B7, 217, 218, 219, 97, 220, 435),
+}
+CLONE_NEWUSER_FLAG = 0x10000000
+
+
+def _seccomp() -> None:
+    """Install the filter (`_SECCOMP_ARCHES`), after a fresh anonymous session keyring is
+    joined (the runner's is left behind). Nothing where the machine is of another arch."""
+    import ctypes
+
+    found = _SECCOMP_ARCHES.get(os.uname().machine)
+    if found is None:
+        return
+    arch, add_key, request_key, keyctl, unshare, clone, clone3 = found
+    libc = _libc()
+    libc.syscall(keyctl, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous: a fresh one
+    allow, refuse, absent = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # EPERM, ENOSYS
+    program = [
+        (0x20, "", "", 4),  # the arch
+        (0x15, "", "absent", arch),  # another ABI: no syscall at all
+        (0x20, "", "", 0),  # the syscall's number
+        (0x35, "absent", "", 0x40000000),  # x32's
+        (0x15, "refuse", "", add_key), (0x15, "refuse", "", request_key),
+        (0x15, "refuse", "", keyctl), (0x15, "absent", "", clone3),  # glibc falls back to clone
+        (0x15, "flags", "", unshare), (0x15, "flags", "", clone),
+        (0x06, "", "", allow),
+        ("flags", 0x20, "", "", 16),  # its first argument's low word: the flags
+        (0x45, "refuse", "", CLONE_NEWUSER_FLAG),
+        (0x06, "", "", allow),
+        ("refuse", 0x06, "", "", refuse),
+        ("absent", 0x06, "", "", absent),
+    ]
+    labels = {item[0]: at for at, item in enumerate(program) if isinstance(item[0], str)}
+    steps = [item[1:] if isinstance(item[0], str) else item for item in program]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    def jump(at: int, label: object) -> int:
+        return labels[str(label)] - at - 1 if label else 0
+
+    filters = (Filter * len(steps))(*(Filter(int(code), jump(at, jt), jump(at, jf), int(k))
+                                      for at, (code, jt, jf, k) in enumerate(steps)))
+    _check(libc.prctl(22, 2, ctypes.byref(Program(len(steps), filters)), 0, 0),
+           "seccomp")  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 
 def _mount(source: str | None, target: str, kind: str | None, flags: int,
