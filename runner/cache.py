@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner import __version__
-from runner.atomic import read_regular, write_atomic
+from runner.atomic import read_regular, remove_tree, write_atomic
 from runner.markdown import POST_SUFFIXES
 from runner.model import EnvSpec, Output, Part, Session, Snippet, SnippetResult
 from runner.portable import anchored, unanchored
@@ -152,12 +151,8 @@ def _make_room(path: Path, folder: bool) -> None:
 
 def _remove(path: Path) -> None:
     """Remove a bad entry: a folder with its contents, anything else (a symlink: the link
-    only) by unlink. The cache folder is the runner's own, so this is safe."""
-    with contextlib.suppress(OSError):
-        if stat.S_ISDIR(path.lstat().st_mode):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink()
+    only) by unlink (`remove_tree`, which never follows a link nor raises)."""
+    remove_tree(path)
 
 
 def sweep_due(folder: Path, now: float) -> bool:

@@ -35,6 +35,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode, from_dict
 
+from runner.atomic import remove_tree
 from runner.cache import files_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv, kernel_env
@@ -260,7 +261,7 @@ async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
             await client._async_cleanup_kernel()
     finally:
         log.close()
-        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, folder)
 
 
 @dataclass
