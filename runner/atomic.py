@@ -64,15 +64,17 @@ KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFLNK: "a syml
          stat.S_IFSOCK: "a socket"}
 
 
-def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+def read_regular(path: Path | str, limit: int, *, follow_symlinks: bool = True,
+                 dir_fd: int | None = None) -> bytes:
     """The bytes of a regular file of `limit` bytes at most, read without ever waiting: the type
     is checked before the open (a FIFO or a device is never opened) and again on what was opened
     (O_NONBLOCK: a FIFO swapped in between cannot block the open), and at most `limit` + 1
     bytes are read, so a file that grows meanwhile is refused too. Without `follow_symlinks`
-    a symlink is refused. Raises NotAFile, TooLarge or OSError."""
-    _check_regular((os.stat if follow_symlinks else os.lstat)(path).st_mode)
+    a symlink is refused. `dir_fd`: `path` is a name in that open folder. Raises NotAFile,
+    TooLarge or OSError."""
+    _check_regular(os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks).st_mode)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    handle = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    handle = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         info = os.fstat(handle)
         _check_regular(info.st_mode)
@@ -94,6 +96,17 @@ def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> byt
 def _check_regular(mode: int) -> None:
     if not stat.S_ISREG(mode):
         raise NotAFile(KINDS.get(stat.S_IFMT(mode), "not a file"))
+
+
+def write_new(name: str, data: bytes, mode: int, dir_fd: int) -> None:
+    """`data` as a new file `name` in the open folder `dir_fd`, never through whatever already
+    stands there: O_EXCL (an existing file is refused), O_NOFOLLOW (so is a link, even one
+    that leads nowhere). FileExistsError or OSError."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    handle = os.open(name, flags, mode, dir_fd=dir_fd)
+    with os.fdopen(handle, "wb") as out:
+        os.fchmod(handle, mode)  # as given, whatever the umask
+        out.write(data)
 
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

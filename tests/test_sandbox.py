@@ -21,6 +21,7 @@ import pytest
 
 from runner import envs, sandbox
 from runner.config import Config
+from runner.report import to_json
 from runner.run import Options, run_posts
 from tests.conftest import FIXTURES, ROOT
 
@@ -230,6 +231,44 @@ def _ended(call: Callable[[], T], seconds: float, unblock: Callable[[], None]) -
     if raised:
         raise raised[0]
     return outcome[0]
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_links_beside_a_post_give_the_kernel_nothing_of_their_targets(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 1: a committed symlink beside a post (to /proc/self/environ, to a file
+    outside the post's folder such as .git/config, to a FIFO), or a FIFO itself, is not data:
+    nothing of its target reaches the kernel (nor the post, nor the report), and the run
+    neither reads the FIFO nor waits on it."""
+    blog, outside = tmp_path / "blog" / "posts", tmp_path / "outside"
+    blog.mkdir(parents=True)
+    outside.mkdir()
+    post = blog / "p.md"
+    shutil.copy(FIXTURES / "sandbox" / "beside-links.md", post)
+    (blog / "data.csv").write_text("x,y\n1,2\n")
+    (outside / "config").write_text("[http]\n\textraheader = AUTHORIZATION: hunter2-token\n")
+    os.mkfifo(outside / "fifo")
+    os.mkfifo(blog / "pipe.csv")
+    (blog / "environ.txt").symlink_to("/proc/self/environ")
+    (blog / "config.txt").symlink_to("../../outside/config")
+    (blog / "id_ed25519").symlink_to(outside / "config")
+    (blog / "stream.csv").symlink_to(outside / "fifo")
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "hunter2-environ")
+
+    def unblock() -> None:
+        for fifo in (outside / "fifo", blog / "pipe.csv"):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    run = _ended(lambda: run_posts([post], replace(project, cache_dir=tmp_path / "cache"),
+                                   Options(mode="update", require_sandbox=True)), 300, unblock)
+    [result] = run.snippets
+    assert result.status == "passed", result.error
+    assert result.output.stdout == "data.csv b'x,y\\n1,2\\n'\n"  # the only file it sees
+    everything = json.dumps(to_json(run)) + post.read_text()
+    assert "hunter2" not in everything
+    assert run.exit_code == 0
 
 
 @pytest.mark.kernel
