@@ -1,12 +1,13 @@
 """Execution cache: a session's results, keyed by everything that decides them.
 
 The key hashes the session's code and markers (not its line numbers: moving a snippet down the
-post does not change what it prints), the environment's lock hash, the files beside the post,
-the runner's version and the per-snippet timeout. Only sessions whose every snippet passed (or
-was skipped on purpose) are stored, as jupyter-cache does: a failure is always run again. Each
-entry is one JSON file written by an atomic rename under a file lock, so two runs at once never
-see half an entry; an entry that cannot be read back (corrupt, too large, a folder, a FIFO, a
-symlink) is deleted with a warning and the session runs.
+post does not change what it prints), the environment's lock hash, every variable its kernel
+gets (`kernel_inputs`), the files beside the post, the runner's version and the per-snippet
+timeout. Only sessions whose every snippet passed (or was skipped on purpose) are stored, as
+jupyter-cache does: a failure is always run again. Each entry is one JSON file written by an
+atomic rename under a file lock, so two runs at once never see half an entry; an entry that
+cannot be read back (corrupt, too large, a folder, a FIFO, a symlink) is deleted with a warning
+and the session runs.
 
 The cache only grows when a run stores, so such a run sweeps it, once a day at most (`sweep`):
 an entry no run has read or written for MAX_AGE_S goes (as jupyter-cache's limit, or ccache's
@@ -24,13 +25,14 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from runner import __version__
 from runner.atomic import KINDS, NotAFile, read_regular, remove_tree, write_atomic, write_new
+from runner.envs import env_path, kernel_variables
 from runner.markdown import POST_SUFFIXES
 from runner.model import EnvSpec, Output, Part, Session, Snippet, SnippetResult
 from runner.portable import anchored, unanchored
@@ -47,14 +49,30 @@ def print_warning(text: str) -> None:
     print(f"runner: {text}", file=sys.stderr, flush=True)
 
 
-def session_key(session: Session, env: EnvSpec, timeout: float, beside: str = "") -> str:
-    """`beside`: the `Beside.digest` of the files beside the post."""
+def kernel_inputs(env: EnvSpec, passenv: Sequence[str] = ()) -> dict[str, Any]:
+    """Every input of an env's kernels that decides what a session prints, apart from the
+    session's own: the runner, the env's lock and limits, and the kernel's environment as the
+    kernel will get it (`envs.kernel_variables`: the allowed part of this process's
+    environment, `passenv`, the env's kernel-env table, the env's own bin/ on PATH). One place
+    for both the cache key (`session_key`) and a verdict's `decided_by` (`run.open_verdicts`):
+    change TZ, and neither replays what was made under the old one.
+
+    Nothing is left out of the variables, though some differ from machine to machine (HOME,
+    USER, the env's path, in VIRTUAL_ENV and PATH, under the machine's cache folder): an
+    entry made on one machine is then a miss on another, which runs it again. The cache is
+    the machine's own; a miss costs a run, never a result."""
+    return {"format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
+            "limits": [env.memory_mb, env.processes],
+            "variables": kernel_variables(env, env_path(env), passenv, os.environ)}
+
+
+def session_key(session: Session, kernel: Mapping[str, Any], timeout: float,
+                beside: str = "") -> str:
+    """`kernel`: its env's `kernel_inputs` (the same for each of its sessions: made once a
+    run); `beside`: the `Beside.digest` of the files beside the post."""
     recipe = {
-        "beside": beside,
-        "format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
-        "timeout": timeout, "kernel_env": env.kernel_env, "network": session.network,
-        "overrides": session.overrides, "limits": [env.memory_mb, env.processes],
-        "keep_going": session.keep_going,
+        "kernel": kernel, "beside": beside, "timeout": timeout, "network": session.network,
+        "overrides": session.overrides, "keep_going": session.keep_going,
         "snippets": [[s.code, s.hidden, asdict(s.markers)] for s in session.snippets],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
