@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -431,12 +431,19 @@ PASSENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*
 
 
 def kernel_env(env: BuiltEnv, passenv: Sequence[str] = ()) -> dict[str, str]:
-    """The allowed part of the caller's environment, the env's own bin/ first on PATH, and the
-    env's kernel-env settings."""
+    """The environment a kernel of the built env gets, from this process's."""
+    return kernel_variables(env.spec, env.prefix, passenv, os.environ)
+
+
+def kernel_variables(spec: EnvSpec, prefix: Path, passenv: Sequence[str],
+                     environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a kernel of the env at `prefix` gets, made from `environ` (pure: the
+    cache key is made of it before any env is built): its allowed part, the env's own bin/
+    first on PATH, and the env's kernel-env settings."""
     allowed = (*PASSENV, *passenv)
-    variables = {name: value for name, value in os.environ.items()
+    variables = {name: value for name, value in environ.items()
                  if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)}
-    variables["VIRTUAL_ENV"] = str(env.prefix)
-    variables["PATH"] = os.pathsep.join([str(env.prefix / "bin"), variables.get("PATH", "")])
-    variables.update(env.spec.kernel_env)
+    variables["VIRTUAL_ENV"] = str(prefix)
+    variables["PATH"] = os.pathsep.join([str(prefix / "bin"), variables.get("PATH", "")])
+    variables.update(spec.kernel_env)
     return variables

@@ -16,11 +16,10 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -35,7 +34,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode, from_dict
 
-from runner.cache import files_beside
+from runner.atomic import remove_tree
+from runner.cache import Beside, copy_beside, read_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv, kernel_env
 from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
@@ -154,7 +154,7 @@ async def kernels_stopped() -> None:
 async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
                       deadline: Deadline | None = None,
                       turn: contextlib.AbstractAsyncContextManager[Any] | None = None,
-                      beside: Sequence[Path] | None = None) -> tuple[SnippetResult, ...]:
+                      beside: Beside | None = None) -> tuple[SnippetResult, ...]:
     """Run every snippet of the session in one kernel of `env`; a result for each snippet.
     Then the kernel is stopped and its scratch folder removed: before this returns, or with
     `setup.stop_in_background` in a task, so the next session need not wait for it. With
@@ -167,7 +167,7 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     # connection file and sockets), removed with the session.
     folder = Path(tempfile.mkdtemp(prefix="runner-session-", dir=setup.workspace))
     scratch = Path(tempfile.mkdtemp(prefix=f"runner-{session.env}-", dir=folder))
-    copy_beside(files_beside(Path(session.post).parent) if beside is None else beside, scratch)
+    copy_beside(read_beside(Path(session.post).parent) if beside is None else beside, scratch)
     sockets = folder / "ipc"
     sockets.mkdir()
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
@@ -245,14 +245,6 @@ def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
     return variables
 
 
-def copy_beside(files: Sequence[Path], scratch: Path) -> None:
-    """Copies, so a snippet finds them where its post is, and what it writes to them stays in
-    its scratch folder."""
-    for path in files:
-        with contextlib.suppress(OSError):
-            shutil.copy2(path, scratch / path.name)
-
-
 async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
     """Stop the kernel (nothing of it survives), then remove what the session left."""
     try:
@@ -260,7 +252,7 @@ async def _stop(client: _Client | None, log: IO[str], folder: Path) -> None:
             await client._async_cleanup_kernel()
     finally:
         log.close()
-        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, folder)
 
 
 @dataclass

@@ -129,7 +129,7 @@ class Job:
     session: Session
     key: str
     hit: tuple[SnippetResult, ...] | None = None
-    beside: tuple[Path, ...] = ()  # the files beside the post its kernel gets copies of
+    beside: cache.Beside | None = None  # the files beside the post its kernel gets copies of
 
 
 def run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
@@ -177,8 +177,10 @@ def open_verdicts(config: Config, options: Options) -> verdict_store.Verdicts | 
     (parameters given, `--check-determinism`)."""
     if options.params or options.check_determinism:
         return None
+    passenv = _passenv(config, options)
     decided_by = [verdict_store.fingerprint(config), options.mode, _timeout(config, options),
-                  options.keep_going, options.ignore_stamp, _passenv(config, options)]
+                  options.keep_going, options.ignore_stamp, passenv,
+                  [cache.kernel_inputs(spec, passenv) for _, spec in sorted(config.envs.items())]]
     return verdict_store.Verdicts(config.cache_dir / "verdicts", decided_by)
 
 
@@ -262,19 +264,20 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options,
     seen for the post's verdict before it is read)."""
     read = options.cache and not options.check_determinism
     jobs = []
-    beside: dict[Path, tuple[tuple[Path, ...], str]] = {}  # once per folder
+    beside: dict[Path, cache.Beside] = {}  # once per folder
+    kernels = {name: cache.kernel_inputs(spec, _passenv(config, options))  # once per env
+               for name, spec in config.envs.items()}
     for index, item in enumerate(planned):
         folder = item.path.parent
         if item.sessions and folder not in beside:
-            files = tuple(cache.files_beside(folder))
-            beside[folder] = files, cache.digest(files)
+            beside[folder] = cache.read_beside(folder, say)
         for session in item.sessions:
-            key = cache.session_key(session, config.envs[session.env], _timeout(config, options),
-                                    beside[folder][1])
+            key = cache.session_key(session, kernels[session.env], _timeout(config, options),
+                                    beside[folder].digest)
             if verdicts is not None and read:
                 verdicts.see(cache.entry(config.cache_dir, key), renamed=True)
             hit = cache.load(config.cache_dir, key, session, say) if read else None
-            jobs.append(Job(index, session, key, hit, beside[folder][0]))
+            jobs.append(Job(index, session, key, hit, beside[folder]))
     return jobs
 
 

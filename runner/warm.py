@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runner import forkserver, sandbox
+from runner.atomic import remove_tree
 from runner.envs import BuiltEnv, write_kernelspec
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
@@ -105,7 +105,7 @@ class ForkServers:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)  # a kernel shaped what is in it: see remove_tree
         os.close(self._owner)
         remove_empty_cgroups()
 
@@ -139,7 +139,7 @@ def sweep_stale_runs() -> None:
         finally:
             os.close(owner)
         if stale:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
 
 
 def network_isolation(python: Path) -> bool:

@@ -46,6 +46,29 @@ def without_waiting(call: Callable[[], T], fifo: Path, what: str) -> T:
     return outcome[0]
 
 
+@pytest.fixture
+def deep(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path` for a test that makes trees too deep to recurse into: whatever it leaves is
+    removed by `rm -rf` (pytest's own clean-up of old temp folders recurses, and a
+    RecursionError there would stop every later pytest session on the machine)."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", "--one-file-system", str(tmp_path)], check=False)
+
+
+def deep_tree(top: Path, depth: int, name: str = "d") -> None:
+    """`depth` nested folders named `name` under `top` (made through folder fds: the path of
+    the deepest may be longer than PATH_MAX), a file in the deepest."""
+    top.mkdir(parents=True, exist_ok=True)
+    here = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=here)
+        below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+        os.close(here)
+        here = below
+    os.close(os.open("file", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=here))
+    os.close(here)
+
+
 def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`python -m runner ARGS` as a user types it, in `cwd` (the project by default)."""
     return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,

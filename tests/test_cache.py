@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from runner import cache
+from runner import cache, envs
 from runner.config import Config
+from runner.errors import EnvError
 from runner.markdown import parse
-from runner.model import Output, SnippetResult
+from runner.model import EnvSpec, Output, Session, SnippetResult
 from runner.plan import plan
 from runner.report import Run, to_json
 from runner.run import Options, run_posts
@@ -30,15 +32,44 @@ def session(text: str = POST):  # type: ignore[no-untyped-def]
     return plan(parse("p.md", text), {"sklearn": ENV})[0]
 
 
+def key(s: Session | None = None, env: EnvSpec = ENV, timeout: float = 60,
+        passenv: tuple[str, ...] = ()) -> str:
+    return cache.session_key(s or session(), cache.kernel_inputs(env, passenv), timeout)
+
+
 def test_key_follows_code_lock_timeout_and_kernel_env_not_line_numbers() -> None:
-    key = cache.session_key(session(), ENV, 60)
-    assert cache.session_key(session("Prose above.\n\n" + POST), ENV, 60) == key
-    assert cache.session_key(session(POST.replace("print(2)", "print(3)")), ENV, 60) != key
-    assert cache.session_key(session(), replace(ENV, lock_hash="1" * 64), 60) != key
-    assert cache.session_key(session(), ENV, 61) != key
-    assert cache.session_key(session(), replace(ENV, kernel_env=(("A", "1"),)), 60) != key
+    first = key()
+    assert key(session("Prose above.\n\n" + POST)) == first
+    assert key(session(POST.replace("print(2)", "print(3)"))) != first
+    assert key(env=replace(ENV, lock_hash="1" * 64)) != first
+    assert key(timeout=61) != first
+    assert key(env=replace(ENV, kernel_env=(("A", "1"),))) != first
     marked = POST.replace("```python\nprint(2)", "```python runner:timeout=5\nprint(2)")
-    assert cache.session_key(session(marked), ENV, 60) != key
+    assert key(session(marked)) != first
+
+
+def test_key_follows_every_variable_the_kernel_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 9: what the kernel's environment holds decides what it prints (TZ,
+    LANG, a thread count, [tool.runner] passenv, the kernel-env table, the env's own path on
+    PATH), so each is in the key; what no kernel gets is not."""
+    first = key()
+    for name, value in (("TZ", "Test/Zone-1"), ("LANG", "xx_XX.TEST"), ("LC_TIME", "xx_XX"),
+                        ("OMP_NUM_THREADS", "77"), ("HOME", "/test/home"),
+                        ("PATH", "/test/bin"), (envs.CACHE_VARIABLE, "/test/cache")):
+        with monkeypatch.context() as changed:
+            changed.setenv(name, value)
+            assert key() != first, name
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "not for kernels")
+    monkeypatch.setenv("MY_SETTING", "1")
+    assert key() == first
+    assert key(passenv=("MY_SETTING",)) != first
+    passed = key(passenv=("MY_SETTING",))
+    monkeypatch.setenv("MY_SETTING", "2")
+    assert key(passenv=("MY_SETTING",)) != passed
+    assert key(env=replace(ENV, kernel_env=(("TZ", "UTC"),))) != first
+    built = envs.BuiltEnv(ENV, envs.env_path(ENV))  # what a kernel of the env is given
+    assert cache.kernel_inputs(ENV, ("MY_SETTING",))["variables"] == envs.kernel_env(
+        built, ("MY_SETTING",))
 
 
 def test_store_and_load_round_trip(tmp_path: Path) -> None:
@@ -92,6 +123,10 @@ def run(paths: list[Path], config: Config, **options: Any) -> Run:
     return run_posts(paths, config, Options(**options))
 
 
+def _no_env(spec: EnvSpec, *args: object) -> envs.BuiltEnv:
+    raise EnvError(f"environment '{spec.name}': no env can be built here")
+
+
 @pytest.mark.kernel
 def test_hit_builds_no_env_and_starts_no_kernel(tmp_path: Path, project: Config,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,8 +134,8 @@ def test_hit_builds_no_env_and_starts_no_kernel(tmp_path: Path, project: Config,
     post = tmp_path / "p.md"
     post.write_text("```python runner:env=sklearn\nprint('hello')\n```\n")
     assert run([post], config, mode="update").exit_code == 0
-    # No env can be built or found here: a run that needed a kernel would fail.
-    monkeypatch.setenv("RUNNER_CACHE_DIR", "/dev/null/no-envs-here")
+    # No env can be built here: a run that needed a kernel would fail.
+    monkeypatch.setattr(envs, "build", _no_env)
     hit = run([post], config)
     assert hit.exit_code == 0 and hit.summary()["cached"] == 1
     assert hit.posts[0].snippets[0].output.stdout == "hello\n"
@@ -266,3 +301,121 @@ def test_a_cache_folder_is_due_a_sweep_once_a_day(tmp_path: Path) -> None:
     assert cache.sweep_due(tmp_path, now + DAY + 1)
     assert not cache.sweep_due(tmp_path, now + DAY + 2)
     assert not cache.sweep_due(tmp_path / "missing", now)  # cannot stamp: no sweep
+
+
+# --- files beside a post (issue 20, item 1): regular files of its folder only, read without
+# following a link or waiting on a FIFO, bounded; the kernel gets the bytes the key was made
+# from ------------------------------------------------------------------------------------------
+
+
+def hostile_folder(tmp_path: Path) -> Path:
+    """A post's folder as a pull request can commit it: data, and links to secrets."""
+    folder, outside = tmp_path / "posts", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "id_ed25519").write_text("SECRET KEY")
+    os.mkfifo(outside / "fifo")
+    (folder / "p.md").write_text(POST)
+    (folder / "data.csv").write_text("x,y\n1,2\n")
+    (folder / ".hidden").write_text("x")
+    (folder / "figures").mkdir()
+    (folder / "environ.txt").symlink_to("/proc/self/environ")
+    (folder / "kmsg.txt").symlink_to("/proc/kmsg")
+    (folder / "config.txt").symlink_to("../outside/id_ed25519")
+    (folder / "stream.csv").symlink_to(outside / "fifo")
+    os.mkfifo(folder / "pipe.csv")
+    with (folder / "huge.bin").open("wb") as out:
+        out.truncate(cache.BESIDE_MAX_BYTES + 1)  # sparse: costs no disk
+    return folder
+
+
+def test_only_regular_files_of_the_folder_are_beside_a_post(tmp_path: Path) -> None:
+    folder = hostile_folder(tmp_path)
+    assert [p.name for p in cache.files_beside(folder)] == ["data.csv"]
+    warnings: list[str] = []
+    beside = without_waiting(lambda: cache.read_beside(folder, warnings.append),
+                             folder / "pipe.csv", "read_beside")
+    assert [name for name, _ in beside.files] == ["data.csv"]
+    [warning] = warnings  # one line, naming the folder and each file left out
+    assert str(folder) in warning and "\n" not in warning
+    for name, why in (("environ.txt", "a symlink"), ("kmsg.txt", "a symlink"),
+                      ("config.txt", "a symlink"), ("stream.csv", "a symlink"),
+                      ("pipe.csv", "a FIFO"), ("huge.bin", "over")):
+        assert f"{name} ({why}" in warning, name
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cache.copy_beside(beside, scratch, warn=pytest.fail)
+    assert os.listdir(scratch) == ["data.csv"]
+    assert (scratch / "data.csv").read_text() == "x,y\n1,2\n"
+
+
+def test_the_kernel_gets_only_the_bytes_the_key_was_made_from(tmp_path: Path) -> None:
+    """A file changed (or swapped for a link) between the key's read and the copy is left
+    out, never copied as it is now; a copy never writes through a link in scratch."""
+    folder = hostile_folder(tmp_path)
+    (folder / "other.csv").write_text("a\n")
+    (folder / "third.csv").write_text("b\n")
+    beside = cache.read_beside(folder, warn=lambda text: None)
+    assert [name for name, _ in beside.files] == ["data.csv", "other.csv", "third.csv"]
+    (folder / "data.csv").write_text("x,y\n6,6\n")  # the same size, other bytes
+    (folder / "other.csv").unlink()
+    (folder / "other.csv").symlink_to(tmp_path / "outside" / "id_ed25519")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "third.csv").symlink_to(tmp_path / "outside" / "planted")  # dangling
+    warnings: list[str] = []
+    cache.copy_beside(beside, scratch, warnings.append)
+    assert sorted(os.listdir(scratch)) == ["third.csv"] and (scratch / "third.csv").is_symlink()
+    assert not (tmp_path / "outside" / "planted").exists()
+    [warning] = warnings
+    assert all(name in warning for name in ("data.csv", "other.csv", "third.csv")), warning
+    assert beside.digest != cache.read_beside(folder, warn=lambda text: None).digest
+
+
+def test_a_folder_of_20000_files_gives_its_posts_a_bounded_few(tmp_path: Path) -> None:
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    for n in range(20_000):
+        os.close(os.open(folder / f"{n:05}.txt", os.O_CREAT | os.O_WRONLY))
+    warnings: list[str] = []
+    beside = cache.read_beside(folder, warnings.append)
+    assert len(beside.files) == cache.BESIDE_MAX_FILES == len(cache.files_beside(folder))
+    [warning] = warnings
+    assert f"{20_000 - cache.BESIDE_MAX_FILES} more" in warning and str(folder) in warning
+
+
+def test_the_files_beside_a_post_are_bounded_in_all(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "BESIDE_MAX_TOTAL", 25)
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.txt").write_text("x" * 10)
+    warnings: list[str] = []
+    beside = cache.read_beside(folder, warnings.append)
+    assert [name for name, _ in beside.files] == ["a.txt", "b.txt"]
+    assert [p.name for p in cache.files_beside(folder)] == ["a.txt", "b.txt"]
+    [warning] = warnings
+    assert "c.txt (past 25 bytes in all)" in warning
+
+
+TZ_POST = "```python runner:env=sklearn\nimport os\nprint(os.environ.get('TZ'))\n```\n"
+
+
+@pytest.mark.kernel
+def test_a_cached_run_under_another_tz_runs_again(tmp_path: Path, project: Config,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 9: output made under TZ=UTC is never replayed under another TZ."""
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "p.md"
+    post.write_text(TZ_POST)
+    monkeypatch.setenv("TZ", "UTC")
+    assert run([post], config, mode="update").snippets[0].output.stdout == "UTC\n"
+    again = run([post], config, cache=True)
+    assert again.exit_code == 0 and again.summary()["cached"] == 1
+    shutil.rmtree(config.cache_dir / "verdicts", ignore_errors=True)  # the cache alone
+    monkeypatch.setenv("TZ", "America/New_York")
+    moved = run([post], config, mode="update")
+    assert moved.summary()["cached"] == 0
+    assert moved.snippets[0].output.stdout == "America/New_York\n"
+    assert "America/New_York" in post.read_text()

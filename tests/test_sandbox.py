@@ -10,16 +10,23 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from runner import envs, sandbox
 from runner.config import Config
+from runner.report import to_json
 from runner.run import Options, run_posts
 from tests.conftest import FIXTURES, ROOT
+
+T = TypeVar("T")
 
 BWRAP = shutil.which("bwrap")
 needs_sandbox = pytest.mark.skipif(
@@ -204,3 +211,97 @@ def test_require_sandbox_without_bubblewrap_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr
     assert "no sandbox for kernels: bubblewrap is not installed" in done.stderr
+
+
+def _ended(call: Callable[[], T], seconds: float, unblock: Callable[[], None]) -> T:
+    """`call()`'s result, failing the test if it has not returned within `seconds` (it hangs);
+    `unblock` then lets the hung call go."""
+    outcome: list[T] = []
+    raised: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # raised again in the test's thread
+            raised.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        unblock()
+        pytest.fail(f"still going after {seconds:g} s: it hangs")
+    if raised:
+        raise raised[0]
+    return outcome[0]
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_links_beside_a_post_give_the_kernel_nothing_of_their_targets(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 1: a committed symlink beside a post (to /proc/self/environ, to a file
+    outside the post's folder such as .git/config, to a FIFO), or a FIFO itself, is not data:
+    nothing of its target reaches the kernel (nor the post, nor the report), and the run
+    neither reads the FIFO nor waits on it."""
+    blog, outside = tmp_path / "blog" / "posts", tmp_path / "outside"
+    blog.mkdir(parents=True)
+    outside.mkdir()
+    post = blog / "p.md"
+    shutil.copy(FIXTURES / "sandbox" / "beside-links.md", post)
+    (blog / "data.csv").write_text("x,y\n1,2\n")
+    (outside / "config").write_text("[http]\n\textraheader = AUTHORIZATION: hunter2-token\n")
+    os.mkfifo(outside / "fifo")
+    os.mkfifo(blog / "pipe.csv")
+    (blog / "environ.txt").symlink_to("/proc/self/environ")
+    (blog / "config.txt").symlink_to("../../outside/config")
+    (blog / "id_ed25519").symlink_to(outside / "config")
+    (blog / "stream.csv").symlink_to(outside / "fifo")
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "hunter2-environ")
+
+    def unblock() -> None:
+        for fifo in (outside / "fifo", blog / "pipe.csv"):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    run = _ended(lambda: run_posts([post], replace(project, cache_dir=tmp_path / "cache"),
+                                   Options(mode="update", require_sandbox=True)), 300, unblock)
+    [result] = run.snippets
+    assert result.status == "passed", result.error
+    assert result.output.stdout == "data.csv b'x,y\\n1,2\\n'\n"  # the only file it sees
+    everything = json.dumps(to_json(run)) + post.read_text()
+    assert "hunter2" not in everything
+    assert run.exit_code == 0
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_a_tree_too_deep_to_recurse_into_is_removed_and_the_run_ends(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 5: 3000 nested folders (one of them mode 000) in a session's scratch
+    folder: the run ends as usual, not in a RecursionError, and its folders are gone. The
+    run's folder is made in a folder of the test's own, so that a tree left behind would
+    stop no other run on the machine (their sweep of stale runs)."""
+    from runner import warm
+
+    runs = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: sockets' paths
+    monkeypatch.setattr(warm, "run_folder_parent", lambda: str(runs))
+    try:
+        _deep_tree_run(tmp_path, project)
+        assert os.listdir(runs) == []
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(runs)], check=False)
+
+
+def _deep_tree_run(tmp_path: Path, project: Config) -> None:
+    post = tmp_path / "deep.md"
+    shutil.copy(FIXTURES / "sandbox" / "deep-tree.md", post)
+    run = _ended(lambda: run_posts([post], project, Options(mode="update", cache=False,
+                                                            require_sandbox=True)),
+                 300, lambda: None)
+    [result] = run.snippets
+    assert result.status == "passed", result.error
+    assert run.exit_code == 0 and run.posts[0].written
+    session = Path(bytes.fromhex(result.output.stdout.strip()).decode())
+    assert session.name.startswith("runner-session-")
+    assert not os.path.lexists(session) and not os.path.lexists(session.parent)

@@ -62,6 +62,23 @@ def test_options_that_change_an_outcome_name_another_verdict(project: Config) ->
     assert other is not None and other.decided_by != base.decided_by
 
 
+def test_the_kernels_environment_names_another_verdict(
+        project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 9: a verdict is decided by the variables each env's kernels get."""
+    monkeypatch.setenv("MY_SETTING", "1")
+    base = open_verdicts(project, Options(passenv=("MY_SETTING",)))
+    assert base is not None
+    for name, value in (("TZ", "Test/Zone-1"), ("LANG", "xx_XX.TEST"), ("MY_SETTING", "2"),
+                        ("OMP_NUM_THREADS", "77")):
+        with monkeypatch.context() as changed:
+            changed.setenv(name, value)
+            other = open_verdicts(project, Options(passenv=("MY_SETTING",)))
+            assert other is not None and other.decided_by != base.decided_by, name
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "not for kernels")
+    same = open_verdicts(project, Options(passenv=("MY_SETTING",)))
+    assert same is not None and same.decided_by == base.decided_by
+
+
 def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
     store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
     post = tmp_path / "p.md"
@@ -343,3 +360,25 @@ def test_a_run_that_stores_sweeps_what_no_run_used_for_a_month(
     other.write_text(kept.read_text().replace("# kept", "# other"))
     assert _verify(other, config).posts[0].status == "passed"
     assert len(list(config.cache_dir.glob("??/*.json"))) == 4
+
+
+@pytest.mark.kernel
+def test_a_verdict_kept_under_one_tz_is_not_replayed_under_another(
+        tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 9: the post ran under TZ=UTC and its verdict was kept; under another
+    TZ it runs again, prints the new value, and is stale."""
+    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    config = replace(project, cache_dir=tmp_path / "cache")
+    post = tmp_path / "p.md"
+    post.write_text("```python runner:env=sklearn\nimport os\nprint(os.environ.get('TZ'))\n"
+                    "```\n")
+    monkeypatch.setenv("TZ", "UTC")
+    assert _verify(post, config, mode="update").posts[0].written
+    assert _verify(post, config).posts[0].status == "passed"  # keeps its verdict
+    parsed = _parsed(monkeypatch)
+    assert _verify(post, config).posts[0].status == "passed" and parsed == []  # replayed
+    monkeypatch.setenv("TZ", "America/New_York")
+    run = _verify(post, config)
+    assert parsed == [str(post)]
+    assert run.posts[0].status == "stale"
+    assert run.snippets[0].output.stdout == "America/New_York\n"

@@ -181,3 +181,31 @@ def test_the_server_forks_each_init_into_a_new_pid_namespace_or_falls_back(
     else:
         assert ast.literal_eval(seen) == [(1, True), (1, True)]
     assert same_namespace.strip() == "True"  # its next child is made in its own again
+
+
+def test_a_stale_run_whose_folder_holds_a_tree_3000_deep_is_swept(
+        deep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, item 5: a killed run left a tree too deep to recurse into; the next run's sweep
+    removes it (a RecursionError there stopped every later run on the machine)."""
+    from runner import warm
+    from tests.conftest import deep_tree
+
+    monkeypatch.setattr(warm, "run_folder_parent", lambda: str(deep))
+    stale = deep / f"{warm.RUN_PREFIX}killed"
+    deep_tree(stale / "runner-session-x" / "scratch", 3000)
+    (stale / ".owner").touch()
+    os.utime(stale / ".owner", (0, 0))  # no run holds its lock, made long ago
+    warm.sweep_stale_runs()
+    assert not os.path.lexists(stale)
+
+
+def test_a_run_whose_folder_holds_a_tree_3000_deep_closes(
+        deep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import warm
+    from tests.conftest import deep_tree
+
+    monkeypatch.setattr(warm, "run_folder_parent", lambda: str(deep))
+    pool = ForkServers()
+    deep_tree(pool.folder / "runner-session-x", 3000)
+    pool.close()
+    assert not os.path.lexists(pool.folder)
