@@ -211,7 +211,7 @@ def enter_session(limits: dict[str, Any], forked: bool = False) -> None:
         _init(kernel)
     os.chdir(cwd)
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.environ.update(HOME=SESSION_HOME, TMPDIR="/tmp")
+    os.environ.update(HOME=SESSION_HOME, TMPDIR="/tmp", PATH=_sandbox_path())
     # ipykernel would watch that pid, which this namespace cannot see (its parent is the
     # init above): the namespace ends the kernel when the runner goes.
     os.environ.pop("JPY_PARENT_PID", None)
@@ -293,6 +293,18 @@ def _resolver() -> None:
         out.write(f"nameserver {SLIRP_DNS}\n")
     _mount(own, target, None, MS_BIND)
     os.unlink(own)
+
+
+SANDBOX_PATH = ("/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/usr/sbin", "/bin", "/sbin")
+
+
+def _sandbox_path() -> str:
+    """PATH as the sandbox has it: the env's bin/ and the system's folders, in the order the
+    runner gave; the rest of the runner's PATH (~/.cargo/bin, a checkout's .venv) is not in
+    the sandbox, and names the host's folders."""
+    own = os.path.join(sys.prefix, "bin")
+    return os.pathsep.join(folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+                           if folder == own or folder in SANDBOX_PATH)
 
 
 _NAMESPACE_FORKS: list[bool] = []  # whether this server may fork into new pid namespaces

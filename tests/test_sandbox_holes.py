@@ -94,7 +94,8 @@ def test_scratch_is_a_capped_file_system_and_the_disk_is_untouched(
     assert (f"scratch cap {forkserver.DEFAULT_SCRATCH_MB} MB, {forkserver.SCRATCH_INODES} "
             "inodes") in seen
     assert "data beside the post: x,y" in seen  # the copies are in the capped scratch
-    assert "fallocate 3 GiB: refused ENOSPC" in seen, seen
+    assert "fallocate 3 GiB: refused EFBIG" in seen, seen  # RLIMIT_FSIZE, a file at most
+    assert "3 x 1000 MiB: refused ENOSPC after 1000 MiB" in seen, seen  # the tmpfs's size
     assert "files: refused ENOSPC after many" in seen, seen
     assert "<tmp> inodes capped: True" in seen  # /tmp, made portable
     assert abs(shutil.disk_usage(tmp_path).free - free) < 100 * 2**20  # not 3 GiB gone
