@@ -157,3 +157,31 @@ def test_a_granted_network_is_a_way_out_never_the_hosts_loopback(
     assert "a route out: True" in seen
     if "registry:" in seen and "registry: reached" not in seen:
         pytest.skip(f"the registry cannot be reached from here ({seen})")
+
+
+@pytest.mark.kernel
+@needs_sandbox
+def test_no_keyring_no_shared_ptys_no_new_user_namespace(tmp_path: Path, project: Config) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(250, 1, b"runner-test-ring") < 0:  # a session keyring of this test's own
+        pytest.skip("no keyrings on this machine")
+    try:
+        assert libc.syscall(248, b"user", b"runner-test-secret", b"hunter2", 7, -3) > 0
+        first, second = copied(tmp_path, "keys-ptys.md")[0], tmp_path / "again.md"
+        shutil.copy(first, second)
+        run = run_posts([first, second], project,  # side by side, forked from one server
+                        Options(cache=False, jobs=2, require_sandbox=True))
+        listed = Path("/proc/keys").read_text()
+    finally:
+        libc.syscall(250, 1, None)  # a fresh anonymous one again
+    for post in (first, second):
+        seen = stdout(run, post)
+        assert "search the session keyring: -1 Operation not permitted" in seen, seen
+        assert "add a key to nobody's keyring: -1 Operation not permitted" in seen
+        assert "runner's key listed: False" in seen
+        assert "new user namespace: -1 Operation not permitted" in seen
+        assert "unshare --user: True" in seen
+        assert "ptys seen: ['0', 'ptmx']" in seen  # its own instance: not the other's pty
+    assert "left-by-a-kernel" not in listed
