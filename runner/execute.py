@@ -12,11 +12,13 @@ import ast
 import asyncio
 import base64
 import contextlib
+import errno
 import json
 import math
 import os
 import re
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -33,11 +35,13 @@ from jupyter_core.utils import ensure_async
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode, from_dict
+from zmq.utils.monitor import parse_monitor_message
 
 from runner.atomic import remove_tree
 from runner.cache import Beside, copy_beside, read_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv, kernel_env
+from runner.images import png_problem
 from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
 from runner.portable import Places, portable
@@ -61,34 +65,69 @@ _TRACE = (
 NOTE_ROOM = 200  # bytes beyond the budget for the kernel's note of what it cut
 INTERRUPT_GRACE = 5.0  # seconds an interrupted snippet has to stop before its kernel is killed
 IOPUB_TIMEOUT = 60  # seconds output may keep arriving after a snippet's reply
+RETRY_WAIT = 1.0  # seconds for libzmq's retry of a connection that ended (else: refused)
 
 
 def _node(msg: dict[str, Any], budget: _Budget) -> NotebookNode | None:
-    """An output node from an iopub message, or None (not an output, or over the budget)."""
+    """An output node from an iopub message, or None (not an output, or over the budget).
+    Only what the runner records is kept (text, HTML, a checked PNG; the cell's first error):
+    nothing else a message brings is held while the cell runs."""
     kind, content = msg["msg_type"], msg["content"]
     if kind == "stream":
         text = _within(budget, content["text"])
         return _as_node({"output_type": "stream", "name": content["name"], "text": text})
     if kind in ("display_data", "execute_result"):
-        data = dict(content.get("data", {}))
-        if any(key.startswith("image/") for key in data):
+        data = {key: value for key, value in content.get("data", {}).items() if key in _KEPT}
+        if any(key.startswith("image/") for key in content.get("data", {})):
             budget.images += 1
             if budget.images > budget.limits.max_images:
                 budget.cut += sum(len(str(v)) for v in data.values())
                 return None
+        if "image/png" in data:
+            problem = _png_problem(data["image/png"], budget)
+            if problem:
+                data = {"text/plain": f"[image/png dropped by the runner: {problem}]"}
         for key in ("text/plain", "text/html"):
             if key in data:
                 data[key] = _within(budget, _joined(data[key]))
         if not any(data.values()):
             return None
-        node = {"output_type": kind, "data": data, "metadata": content.get("metadata", {})}
+        node = {"output_type": kind, "data": data, "metadata": {}}
         if kind == "execute_result":
             node["execution_count"] = content.get("execution_count")
         return _as_node(node)
-    if kind == "error":
+    if kind == "error" and not budget.errors:
+        budget.errors += 1
         return _as_node({"output_type": "error", "ename": content["ename"],
                          "evalue": content["evalue"], "traceback": content["traceback"]})
     return None
+
+
+_KEPT = ("text/plain", "text/html", "image/png")  # the data of a display the runner records
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB"
+
+
+def _png_problem(value: object, budget: _Budget) -> str:
+    """Why a display's image/png is no figure ("" when it is one, counted in the budget): its
+    size is known from its base64 before it is decoded (over the per-image or the snippet's
+    limit), and what it decodes to must be a PNG that Pillow reads (`images.png_problem`)."""
+    limits, text = budget.limits, _joined(value) if isinstance(value, (str, list)) else ""
+    size = len(text) * 3 // 4
+    if size > limits.max_image:
+        return f"{size:,} bytes, over the {_mib(limits.max_image)} a figure may have"
+    if budget.image_bytes + size > limits.max_images_bytes:
+        return f"over the {_mib(limits.max_images_bytes)} a snippet's figures may have"
+    try:
+        png = base64.b64decode(text)
+    except ValueError:
+        return "not a PNG"
+    problem = png_problem(png, limits.max_pixels)
+    if not problem:
+        budget.image_bytes += len(png)
+    return problem
 
 
 def _as_node(output: dict[str, Any]) -> NotebookNode:
@@ -170,6 +209,9 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
     copy_beside(read_beside(Path(session.post).parent) if beside is None else beside, scratch)
     sockets = folder / "ipc"
     sockets.mkdir()
+    # Opened before the kernel exists: the folder a crash file is read in, wherever the
+    # kernel moves its name.
+    ipc = os.open(sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     # The kernel's own log (not the snippets' output, which comes over iopub) is kept out of
     # the terminal; its tail explains a kernel that would not start.
     log = tempfile.TemporaryFile(mode="w+", prefix="runner-kernel-")  # noqa: SIM115
@@ -187,18 +229,17 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
             clock.lap("setup request")
             async with turn or contextlib.nullcontext():
                 clock.lap("turn")
-                live = _Live(client, session, places, sockets / "crash", setup.timeout,
-                             deadline)
+                live = _Live(client, session, places, ipc, setup.timeout, deadline)
                 await _run_cells(live, notebook, results)
                 clock.lap("cells")
     except Exception as exc:  # the kernel would not start, or died between cells
-        log.seek(0)
-        tail = " / ".join(log.read().strip().splitlines()[-3:])
+        tail = " / ".join(_tail(log.fileno()).decode(errors="replace").strip().splitlines()[-3:])
         reason = f"{type(exc).__name__}: {exc}".strip() + (f" (kernel log: {tail})" if tail else "")
         done = {id(r.snippet) for r in results}
         results += [SnippetResult.failed(s, session.env, ErrorKind.KERNEL, reason)
                     for s in session.snippets if id(s) not in done]
     finally:
+        os.close(ipc)
         task = asyncio.ensure_future(_stop(client, log, folder))
         _stopping.add(task)
         task.add_done_callback(_stopping.discard)
@@ -262,7 +303,7 @@ class _Live:
     client: _Client
     session: Session
     places: Places
-    crashes: Path  # where a crash's traceback lands (faulthandler)
+    ipc: int  # the session's ipc folder (open), where a crash's traceback lands (faulthandler)
     timeout: float
     deadline: Deadline | None
 
@@ -303,8 +344,11 @@ async def _run_cell(live: _Live, snippet: Snippet, cell: NotebookNode,
         limit = max(deadline.at - started, 0.001)
     cell.metadata["runner"]["timeout"] = limit
     live.client.budget = _Budget(live.client.output_limits, room=NOTE_ROOM)
+    live.client.reply = None
     try:
         await live.client.async_execute_cell(cell, index)
+        if live.client.refused:  # once its output had come: no more can be recorded
+            raise DeadKernelError(live.client.refused)
     except CellTimeoutError as exc:
         if "IOPub" in str(exc):  # the reply came, its output did not finish in time
             raise _Stop(SnippetResult.failed(
@@ -320,6 +364,10 @@ async def _run_cell(live: _Live, snippet: Snippet, cell: NotebookNode,
             snippet, live.session.env, ErrorKind.DEADLINE if bound else ErrorKind.TIMEOUT,
             message, line or snippet.code_line, duration_s=time.monotonic() - started)) from None
     except DeadKernelError:
+        if live.client.refused:
+            raise _Stop(SnippetResult.failed(
+                snippet, live.session.env, ErrorKind.OUTPUT_LOST, live.client.refused,
+                snippet.code_line, duration_s=time.monotonic() - started)) from None
         line = _crash_line(live)
         raise _Stop(SnippetResult.failed(
             snippet, live.session.env, ErrorKind.DEAD_KERNEL,
@@ -334,7 +382,7 @@ async def _result(live: _Live, snippet: Snippet, cell: NotebookNode,
     """A cell that ran -> its snippet's result: passed, raised what it must, or failed."""
     env = live.session.env
     output = collect_output(cell.outputs, live.places, live.client.budget)
-    error = next((o for o in cell.outputs if o.output_type == "error"), None)
+    error = _raised(live.client.reply, cell.outputs)
     expected = snippet.markers.raises
     if error is None and expected is None:
         return SnippetResult(snippet, env, "passed", output, duration_s=duration)
@@ -342,7 +390,7 @@ async def _result(live: _Live, snippet: Snippet, cell: NotebookNode,
         return SnippetResult.failed(snippet, env, ErrorKind.DID_NOT_RAISE,
                                     f"expected {expected} to be raised, nothing was",
                                     output=output, duration_s=duration)
-    if expected is not None and error.ename == expected:
+    if expected is not None and error.replied and error.ename == expected:
         final = portable(f"{error.ename}: {error.evalue}" if error.evalue else error.ename,
                          live.places)
         return SnippetResult(snippet, env, "passed",
@@ -355,6 +403,45 @@ async def _result(live: _Live, snippet: Snippet, cell: NotebookNode,
     message = _CELL_FILE.sub("", error.evalue)  # the cell's temp file means nothing to a reader
     return SnippetResult.failed(snippet, env, error.ename, message, line, traceback,
                                 output, duration)
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What a cell raised: the exception's name and message, and its traceback's lines."""
+
+    ename: str
+    evalue: str
+    traceback: tuple[str, ...]
+    replied: bool  # the execute_reply says so (not only an error output)
+
+
+def _raised(reply: dict[str, Any] | None, outputs: list[NotebookNode]) -> _Raised | None:
+    """What the cell raised, or None when it passed. The execute_reply's status is the truth: a
+    hidden block can silence IPython's traceback (showtraceback, set_custom_exc,
+    showsyntaxerror) or clear the error output (clear_output in a post_run_cell hook), but
+    ipykernel still replies "error" ("aborted": it did not run the cell), with the exception's
+    own name. An error output fails a cell too. No reply: the cell was blank, nothing ran.
+
+    Not proof against the kernel itself: its process is the post's, and code that rewrites
+    ipykernel's reply (or clears the ExecutionResult a post_run_cell hook is handed) still
+    makes a failing snippet pass. Only what IPython shows is no longer the verdict."""
+    shown = next((o for o in outputs if o.output_type == "error"), None)
+    content = reply.get("content") if reply is not None else {"status": "ok"}
+    if not isinstance(content, dict):
+        content = {"status": "malformed"}
+    status = content.get("status")
+    if status == "ok":
+        return None if shown is None else _Raised(
+            str(shown.ename), str(shown.evalue), tuple(map(str, shown.traceback)), False)
+    if status != "error":
+        return _Raised(ErrorKind.ABORTED, f"the kernel's reply to this snippet says {status!r}",
+                       (), True)
+    # ipykernel names no exception for an error in a display formatter (NoneType): its error
+    # output does
+    named = shown if shown is not None and content.get("ename") in (None, "NoneType") else content
+    traceback = content.get("traceback") or (shown.traceback if shown is not None else [])
+    return _Raised(str(named.get("ename")), str(named.get("evalue", "")),
+                   tuple(map(str, traceback)) if isinstance(traceback, list) else (), True)
 
 
 async def _interrupted_at(live: _Live, cell: NotebookNode) -> int | None:
@@ -372,16 +459,37 @@ async def _interrupted_at(live: _Live, cell: NotebookNode) -> int | None:
 
 def _crash_line(live: _Live) -> int | None:
     """The post line a dead kernel was running, where its crash left a traceback (Python's
-    faulthandler, on SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL)."""
+    faulthandler, on SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL). The file is the kernel's: only
+    a regular file is read (not through a link, never waiting: a FIFO opens at once and is
+    refused), and only its end, where the last crash is."""
     try:
-        text = live.crashes.read_text(errors="replace")
+        handle = os.open("crash", _READ_ONLY, dir_fd=live.ipc)
     except OSError:
         return None
+    try:
+        text = _tail(handle).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
     cells = dict(live.places.cells)
     for match in re.finditer(r'File "([^"]+)", line (\d+)', text.split("Fatal Python")[-1]):
         if match[1] in cells:
             return cells[match[1]] + int(match[2])  # most recent call first
     return None
+
+
+_READ_ONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+TAIL_BYTES = 64 * 1024  # what is read of a file a kernel writes: its end
+
+
+def _tail(handle: int, size: int = TAIL_BYTES) -> bytes:
+    """The last `size` bytes of the regular file open as `handle` (pread: its offset, which a
+    kernel writing to it shares, does not move); anything else raises OSError."""
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.pread(handle, size, max(info.st_size - size, 0))
 
 
 async def _death(client: NotebookClient) -> str:
@@ -459,6 +567,17 @@ class OutputLimits:
     max_bytes: int = DEFAULT_MAX_BYTES  # [tool.runner] max-output-bytes
     max_line: int = DEFAULT_MAX_LINE_CHARS  # [tool.runner] max-line-chars
     max_images: int = 50  # figures a snippet may record
+    max_image: int = 10 << 20  # bytes a figure (a PNG) may have
+    max_images_bytes: int = 50 << 20  # bytes the figures of a snippet may have in all
+    max_pixels: int = 40_000_000  # pixels a figure may have (comparing one decodes it)
+    max_message: int = 32 << 20  # bytes a part of a message from the kernel may have; more:
+    # ZMQ refuses it before it is read (zmq.MAXMSGSIZE), and the snippet fails
+
+    @property
+    def frame_cap(self) -> int:
+        """MAXMSGSIZE: `max_message`, or room for a message of text as large as the budget
+        (JSON escapes take up to 6 bytes a character)."""
+        return max(self.max_message, 8 * self.max_bytes)
 
 
 @dataclass
@@ -470,6 +589,8 @@ class _Budget:
     used: int = 0
     cut: int = 0  # text bytes dropped
     images: int = 0
+    image_bytes: int = 0  # of the figures kept
+    errors: int = 0  # error outputs kept (the first only)
 
 
 def _display_part(data: dict[str, Any]) -> list[Part]:
@@ -568,7 +689,14 @@ class _Client(NotebookClient):
     Output is counted against the cell's budget as it streams in: past it, messages are
     dropped at once (counted), so a flood of output keeps the runner's memory bounded; and
     output nodes are made without nbformat's per-output schema validation (1.4 ms each: the
-    runner's whole cost on a flood of `display()` calls)."""
+    runner's whole cost on a flood of `display()` calls).
+
+    Every message is the kernel's, and the kernel is the post's: a part of one over
+    `OutputLimits.frame_cap` is refused by ZMQ before it is read (MAXMSGSIZE); libzmq then
+    drops that connection for good (a protocol error is never retried), which a monitor of
+    the socket sees (`_watched`): from then on the kernel counts as gone, and the snippet
+    fails (`refused`). Each cell's execute_reply is kept (`reply`): its status, not the
+    output IPython shows, says whether the cell failed (`_raised`)."""
 
     def __init__(self, notebook: NotebookNode, limits: OutputLimits, **kwargs: Any) -> None:
         super().__init__(notebook, **kwargs)
@@ -580,6 +708,9 @@ class _Client(NotebookClient):
         self.setup: dict[str, str] | None = None
         self.setup_id: str | None = None
         self.setup_reply: dict[str, Any] | None = None
+        self.reply: dict[str, Any] | None = None  # the last cell's execute_reply
+        self.refused = ""  # why a message from the kernel was refused ("": none was)
+        self.watchers: list[tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = []
 
     def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                cell_index: int) -> NotebookNode | None:
@@ -632,7 +763,16 @@ class _Client(NotebookClient):
         # process tells whether it is alive.
         self.kc.context.setsockopt(zmq.RCVHWM, 0)
         self.kc.context.setsockopt(zmq.RECONNECT_IVL, 5)
-        self.kc.start_channels(stdin=False, hb=False)
+        # No message part over the cap is ever read (ZMQ refuses it as its size arrives).
+        # No control channel: the runner sends nothing on it, and what came would never be
+        # read (the kernel can send there: it knows the client's identity from its requests).
+        self.kc.context.setsockopt(zmq.MAXMSGSIZE, self.output_limits.frame_cap)
+        self.kc.start_channels(stdin=False, hb=False, control=False)
+        for name, channel in (("iopub", self.kc.iopub_channel), ("shell", self.kc.shell_channel)):
+            monitor = channel.socket.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+            self.watchers.append((channel.socket,
+                                  asyncio.ensure_future(self._watched(monitor, name))))
         try:
             await asyncio.wait_for(self._until_ready(), self.startup_timeout)
         except BaseException:
@@ -640,6 +780,69 @@ class _Client(NotebookClient):
             raise
         self.kc.allow_stdin = False
         return self.kc
+
+    async def _watched(self, monitor: zmq.asyncio.Socket, channel: str) -> None:
+        """Set `refused` when the kernel's connection to this socket ends and is not retried.
+        libzmq ends a connection on a message part over MAXMSGSIZE (or one it cannot decode)
+        as a protocol error, which it never retries; when the kernel ends or closes its
+        socket, the retry is scheduled at once (EVENT_CONNECT_RETRIED right after
+        EVENT_DISCONNECTED)."""
+        try:
+            while True:
+                if parse_monitor_message(await monitor.recv_multipart())["event"] != (
+                        zmq.EVENT_DISCONNECTED):
+                    continue
+                try:
+                    await asyncio.wait_for(monitor.recv_multipart(), RETRY_WAIT)
+                except TimeoutError:
+                    self.refused = (
+                        f"the kernel sent a message the runner refused (a part over "
+                        f"{_mib(self.output_limits.frame_cap)}, or malformed) on its "
+                        f"{channel} channel: the snippet's output cannot all be recorded")
+                    return
+        finally:
+            monitor.close(linger=0)
+
+    async def _async_check_alive(self) -> None:
+        """nbclient's liveness check (each second while a cell runs): a kernel whose message
+        was refused is gone to the runner, its connection is (nbclient then ends the cell,
+        DeadKernelError, and `_run_cell` says why)."""
+        if self.refused:
+            raise DeadKernelError(self.refused)
+        await super()._async_check_alive()
+
+    async def _check_raise_for_error(self, cell: NotebookNode, cell_index: int,
+                                     exec_reply: dict[str, Any] | None) -> None:
+        """Keep the cell's execute_reply, which decides whether it failed (`_raised`)."""
+        self.reply = exec_reply
+
+    def _update_display_id(self, display_id: str, msg: dict[str, Any]) -> None:
+        """nbclient's update of the outputs shown under a display id, with the new data made
+        as every output is (`_node`: what is kept, the budget)."""
+        shown: dict[int, list[int]] = self._display_id_map.get(display_id, {})
+        node = _node({**msg, "msg_type": "display_data"}, self.budget) if shown else None
+        if node is None:
+            return
+        for cell_index, indices in shown.items():
+            outputs = self.nb.cells[cell_index].outputs
+            for index in indices:
+                outputs[index]["data"] = node["data"]
+                outputs[index]["metadata"] = node["metadata"]
+
+    def handle_comm_msg(self, outs: list[NotebookNode], msg: dict[str, Any],
+                        cell_index: int) -> None:
+        """Comm messages (widgets) are not recorded: nbclient would keep every widget's
+        state for the session, and let an Output widget take the cell's output."""
+
+    async def _async_cleanup_kernel(self) -> None:
+        """nbclient's, once the watch of the sockets has ended (each closes its monitor)."""
+        for _, watcher in self.watchers:
+            watcher.cancel()
+        await asyncio.gather(*(watcher for _, watcher in self.watchers), return_exceptions=True)
+        for socket, _ in self.watchers:
+            socket.disable_monitor()
+        self.watchers.clear()
+        await super()._async_cleanup_kernel()
 
     async def _until_ready(self) -> None:
         """The first request is the session's setup request, where there is one: its reply

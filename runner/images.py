@@ -2,7 +2,8 @@
 versions while the picture does not. Two figures are the same when they have the same size and
 at most `TOLERANCE` of their pixels differ by more than `CHANNEL_DELTA` in some channel (text
 anti-aliasing moves a few edge pixels between FreeType versions). Pure: bytes in, a verdict
-out (`same_picture`) or what differs (`difference`)."""
+out (`same_picture`) or what differs (`difference`); and whether bytes from a kernel are a PNG
+at all (`png_problem`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,31 @@ import io
 
 TOLERANCE = 0.005  # share of pixels allowed to differ
 CHANNEL_DELTA = 16  # out of 255
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(data: bytes, max_pixels: int) -> str:
+    """Why `data` is not a figure the runner keeps ("" when it is one): it must be a PNG as
+    Pillow reads it (signature, header, every chunk and its CRC; `verify`, which decodes no
+    pixels) of `max_pixels` at most (a small file can hold a huge picture, which comparing it
+    would decode)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG"
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+                width, height = image.size
+                image.verify()
+    except Exception:  # what Pillow's parser raises on a broken file varies
+        return "not a PNG"
+    if width * height > max_pixels:
+        return f"{width}x{height} pixels, over the {max_pixels:,} a figure may have"
+    return ""
 
 
 def same_picture(old: bytes, new: bytes) -> bool:

@@ -25,7 +25,9 @@ class ErrorKind(StrEnum):
     DID_NOT_RAISE = "DidNotRaise"  # runner:raises=X, and nothing was raised
     ENV = "EnvError"  # its environment could not be built
     NONDETERMINISTIC = "Nondeterministic"  # --check-determinism: two runs printed different text
-    OUTPUT_LOST = "OutputLost"  # output still arriving long after the snippet ended
+    OUTPUT_LOST = "OutputLost"  # output still arriving long after the snippet ended, or a
+    # message from the kernel refused (over the size the runner takes)
+    ABORTED = "Aborted"  # the kernel's reply: it did not run the snippet (nor say why)
 
 
 @dataclass(frozen=True)

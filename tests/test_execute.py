@@ -306,3 +306,84 @@ def test_a_crash_after_leading_blank_lines_names_its_line(built, project) -> Non
     [result] = run(built, project, fences("\n\nimport ctypes\nctypes.string_at(0)"))
     assert result.error is not None and result.error.type == "DeadKernelError"
     assert result.error.message.endswith("at line 5") and result.error.post_line == 5
+
+
+def test_the_nbclient_methods_the_client_replaces_are_still_called() -> None:
+    """execute._Client keeps each cell's execute_reply (`_check_raise_for_error`), makes a
+    refused message a gone kernel (`_async_check_alive`), and makes display updates and
+    comm messages its own way: nbclient must still call them where the runner expects."""
+    import inspect
+
+    from nbclient import NotebookClient
+
+    signatures = {"_check_raise_for_error": ["self", "cell", "cell_index", "exec_reply"],
+                  "_async_check_alive": ["self"], "_update_display_id": ["self", "display_id",
+                                                                        "msg"],
+                  "handle_comm_msg": ["self", "outs", "msg", "cell_index"]}
+    for name, parameters in signatures.items():
+        assert list(inspect.signature(getattr(NotebookClient, name)).parameters) == parameters
+    calls = {"async_execute_cell": "await self._check_raise_for_error(cell, cell_index, "
+                                   "exec_reply)",
+             "_async_poll_kernel_alive": "await self._async_check_alive()",
+             "process_message": "self._update_display_id(display_id, msg)"}
+    for name, call in calls.items():
+        assert call in inspect.getsource(getattr(NotebookClient, name)), name
+    assert "self.handle_comm_msg(" in inspect.getsource(NotebookClient.process_message)
+
+
+def test_the_execute_reply_decides_what_a_cell_raised() -> None:
+    from nbformat.v4 import new_output
+
+    from runner.execute import _Raised, _raised
+    from runner.model import ErrorKind
+
+    shown = new_output("error", ename="ValueError", evalue="shown", traceback=["tb"])
+    error = {"content": {"status": "error", "ename": "KeyError", "evalue": "'k'",
+                         "traceback": []}}
+    assert _raised(None, []) is None  # a blank cell: nothing ran
+    assert _raised({"content": {"status": "ok"}}, []) is None
+    assert _raised(error, []) == _Raised("KeyError", "'k'", (), True)  # no error output came
+    assert _raised(error, [shown]) == _Raised("KeyError", "'k'", ("tb",), True)
+    assert _raised({"content": {"status": "ok"}}, [shown]) == _Raised(
+        "ValueError", "shown", ("tb",), False)  # shown, but the reply does not say so
+    display_error = {"content": {"status": "error", "ename": "NoneType", "evalue": "None"}}
+    assert _raised(display_error, [shown]) == _Raised("ValueError", "shown", ("tb",), True)
+    aborted = _raised({"content": {"status": "aborted"}}, [])
+    assert aborted is not None and aborted.ename == ErrorKind.ABORTED
+    assert _raised({"content": ["not", "a", "dict"]}, []) is not None
+
+
+def test_only_a_png_within_its_limits_is_a_figure() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from runner.execute import OutputLimits, _Budget, _node
+
+    def png(size: tuple[int, int], mode: str = "RGB") -> str:
+        data = io.BytesIO()
+        Image.new(mode, size).save(data, "png")
+        return base64.b64encode(data.getvalue()).decode()
+
+    def shown(value: str, budget: _Budget) -> str:
+        node = _node({"msg_type": "display_data", "content": {
+            "data": {"image/png": value, "text/plain": "alt", "image/jpeg": "x" * 9},
+            "metadata": {"big": "x" * 99}}}, budget)
+        assert node is not None and node.metadata == {} and "image/jpeg" not in node.data
+        return "kept" if "image/png" in node.data else node.data["text/plain"]
+
+    assert shown(png((12_000, 12_000), "1"), _Budget(OutputLimits())) == (  # 18 kB of 144 Mpx
+        "[image/png dropped by the runner: 12000x12000 pixels, over the 40,000,000 a figure "
+        "may have]")
+    budget = _Budget(OutputLimits(max_image=2000, max_images_bytes=2500))
+    assert shown(png((8, 8)), budget) == "kept"
+    assert shown("iVBORw0KGgo" + "A" * 40, budget) == "[image/png dropped by the runner: not a PNG]"
+    assert shown("A" * 4000, budget).endswith(
+        "3,000 bytes, over the 0.00191 MiB a figure may have]")
+    raw = base64.b64decode(png((8, 8)))
+    broken = raw[:-8] + bytes(8)  # IEND's CRC and more zeroed
+    assert shown(base64.b64encode(broken).decode(), budget).endswith("not a PNG]")
+    budget.image_bytes = 2490
+    assert shown(png((8, 8)), budget).endswith(
+        "over the 0.00238 MiB a snippet's figures may have]")
