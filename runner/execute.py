@@ -41,6 +41,7 @@ from runner.atomic import remove_tree
 from runner.cache import Beside, copy_beside, read_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv, kernel_env
+from runner.forkserver import take_back
 from runner.images import png_problem
 from runner.model import ErrorKind, Output, Part, Session, Snippet, SnippetResult
 from runner.notebooks import session_notebook
@@ -226,6 +227,8 @@ async def run_session(session: Session, env: BuiltEnv, setup: KernelSetup,
                                              stdout=log, stderr=log, cleanup_kc=False):
             clock.lap("handshake")
             places = await _start(client, session, env, notebook, scratch)
+            if setup.sandbox:  # its sockets and crash file are made: no more files of the
+                take_back(ipc)  # kernel's on the run folder's disk
             clock.lap("setup request")
             async with turn or contextlib.nullcontext():
                 clock.lap("turn")

@@ -444,14 +444,15 @@ def _hand_over(session: str, scratch: str, uid: int) -> None:
                 os.chmod(entry.path, 0o644, follow_symlinks=False)
 
 
-def take_back(ipc: str) -> None:
-    """Outside, as root, once a kernel has made its sockets: its ipc folder is the runner's
-    again, so nothing more of the kernel's is made on the run folder's disk (what it has
-    made there is each bounded by RLIMIT_FSIZE)."""
+def take_back(ipc: int) -> None:
+    """Outside, as root, once a kernel has made its sockets (`ipc`: its folder, open): the
+    folder is the runner's again, so nothing more of the kernel's is made on the run folder's
+    disk (what it has made there is each bounded by RLIMIT_FSIZE), and no socket the runner
+    connects to can be swapped for a link to another."""
     if os.geteuid() == 0:
         with contextlib.suppress(OSError):
-            os.chown(ipc, 0, 0, follow_symlinks=False)
-            os.chmod(ipc, 0o755, follow_symlinks=False)
+            os.fchown(ipc, 0, 0)
+            os.fchmod(ipc, 0o755)
 
 
 def _mapped(uid: int) -> bool:

@@ -98,6 +98,11 @@ def test_scratch_is_a_capped_file_system_and_the_disk_is_untouched(
     assert "3 x 1000 MiB: refused ENOSPC after 1000 MiB" in seen, seen  # the tmpfs's size
     assert "files: refused ENOSPC after many" in seen, seen
     assert "<tmp> inodes capped: True" in seen  # /tmp, made portable
+    assert "grow the crash file: refused EFBIG" in seen  # RLIMIT_FSIZE
+    if AS_ROOT:  # the runner took the kernel's ipc folder back once the kernel was up
+        for what in ("a file in ..", "a file in ../ipc", "a folder in ../ipc",
+                     "a socket swapped"):
+            assert f"{what} refused EACCES" in seen, seen
     assert abs(shutil.disk_usage(tmp_path).free - free) < 100 * 2**20  # not 3 GiB gone
 
 
