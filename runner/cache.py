@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,7 +64,11 @@ def kernel_inputs(env: EnvSpec, passenv: Sequence[str] = ()) -> dict[str, Any]:
     the machine's own; a miss costs a run, never a result."""
     return {"format": FORMAT, "runner": __version__, "env": env.name, "lock": env.lock_hash,
             "limits": [env.memory_mb, env.processes],
-            "variables": kernel_variables(env, env_path(env), passenv, os.environ)}
+            "variables": kernel_variables(env, env_path(env), passenv, os.environ),
+            # the sandbox the kernel will be in, as far as it is known before any is made
+            # (bubblewrap there, not turned off) and as whom it runs (as root: `nobody`)
+            "sandbox": [shutil.which("bwrap") is not None
+                        and not os.environ.get("RUNNER_NO_SANDBOX"), os.geteuid() == 0]}
 
 
 def session_key(session: Session, kernel: Mapping[str, Any], timeout: float,

@@ -67,6 +67,9 @@ def test_key_follows_every_variable_the_kernel_gets(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MY_SETTING", "2")
     assert key(passenv=("MY_SETTING",)) != passed
     assert key(env=replace(ENV, kernel_env=(("TZ", "UTC"),))) != first
+    with monkeypatch.context() as changed:  # results made without a sandbox are not its
+        changed.setenv("RUNNER_NO_SANDBOX", "1")
+        assert key() != first
     built = envs.BuiltEnv(ENV, envs.env_path(ENV))  # what a kernel of the env is given
     assert cache.kernel_inputs(ENV, ("MY_SETTING",))["variables"] == envs.kernel_env(
         built, ("MY_SETTING",))
