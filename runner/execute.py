@@ -713,7 +713,9 @@ class _Client(NotebookClient):
         self.setup_reply: dict[str, Any] | None = None
         self.reply: dict[str, Any] | None = None  # the last cell's execute_reply
         self.refused = ""  # why a message from the kernel was refused ("": none was)
-        self.watchers: list[tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = []
+        # each watched socket, its monitor (a PAIR socket) and the task reading it
+        self.watchers: list[tuple[zmq.asyncio.Socket, zmq.asyncio.Socket,
+                                  asyncio.Task[None]]] = []
 
     def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                cell_index: int) -> NotebookNode | None:
@@ -774,7 +776,7 @@ class _Client(NotebookClient):
         for name, channel in (("iopub", self.kc.iopub_channel), ("shell", self.kc.shell_channel)):
             monitor = channel.socket.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
-            self.watchers.append((channel.socket,
+            self.watchers.append((channel.socket, monitor,
                                   asyncio.ensure_future(self._watched(monitor, name))))
         try:
             await asyncio.wait_for(self._until_ready(), self.startup_timeout)
@@ -789,22 +791,21 @@ class _Client(NotebookClient):
         libzmq ends a connection on a message part over MAXMSGSIZE (or one it cannot decode)
         as a protocol error, which it never retries; when the kernel ends or closes its
         socket, the retry is scheduled at once (EVENT_CONNECT_RETRIED right after
-        EVENT_DISCONNECTED)."""
-        try:
-            while True:
-                if parse_monitor_message(await monitor.recv_multipart())["event"] != (
-                        zmq.EVENT_DISCONNECTED):
-                    continue
-                try:
-                    await asyncio.wait_for(monitor.recv_multipart(), RETRY_WAIT)
-                except TimeoutError:
-                    self.refused = (
-                        f"the kernel sent a message the runner refused (a part over "
-                        f"{_mib(self.output_limits.frame_cap)}, or malformed) on its "
-                        f"{channel} channel: the snippet's output cannot all be recorded")
-                    return
-        finally:
-            monitor.close(linger=0)
+        EVENT_DISCONNECTED). The monitor is closed by `_async_cleanup_kernel`, after the
+        socket stops sending it events: a monitor closed first leaves libzmq's I/O thread, and
+        `disable_monitor`, waiting on it for good (libzmq#3575, pyzmq#1020)."""
+        while True:
+            if parse_monitor_message(await monitor.recv_multipart())["event"] != (
+                    zmq.EVENT_DISCONNECTED):
+                continue
+            try:
+                await asyncio.wait_for(monitor.recv_multipart(), RETRY_WAIT)
+            except TimeoutError:
+                self.refused = (
+                    f"the kernel sent a message the runner refused (a part over "
+                    f"{_mib(self.output_limits.frame_cap)}, or malformed) on its "
+                    f"{channel} channel: the snippet's output cannot all be recorded")
+                return
 
     async def _async_check_alive(self) -> None:
         """nbclient's liveness check (each second while a cell runs): a kernel whose message
@@ -838,12 +839,15 @@ class _Client(NotebookClient):
         state for the session, and let an Output widget take the cell's output."""
 
     async def _async_cleanup_kernel(self) -> None:
-        """nbclient's, once the watch of the sockets has ended (each closes its monitor)."""
-        for _, watcher in self.watchers:
-            watcher.cancel()
-        await asyncio.gather(*(watcher for _, watcher in self.watchers), return_exceptions=True)
-        for socket, _ in self.watchers:
+        """nbclient's, once the watch of the sockets has ended: each socket stops sending
+        its monitor events, then the monitor is closed (in that order: see `_watched`)."""
+        for socket, _, watcher in self.watchers:
             socket.disable_monitor()
+            watcher.cancel()
+        await asyncio.gather(*(watcher for *_, watcher in self.watchers),
+                             return_exceptions=True)
+        for _, monitor, _ in self.watchers:
+            monitor.close(linger=0)
         self.watchers.clear()
         await super()._async_cleanup_kernel()
 
