@@ -43,7 +43,24 @@ def _markdown() -> MarkdownIt:
     text of paragraphs are read (a third less time a post)."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark").enable("table").disable(["inline", "text_join"])
+    return MarkdownIt("commonmark", {"maxNesting": MAX_NESTING}).enable("table").disable(
+        ["inline", "text_join"])
+
+
+# markdown-it stops reading a document, in silence, where blocks nest past its maxNesting
+# (20 in the commonmark preset: a ten-deep list): every fence after it would be lost to the
+# runner, and a failing snippet pass with no snippet run. Deeper than the commonmark preset
+# allows, not so deep that markdown-it's recursion reaches Python's; a post that reaches it
+# is an error (`_check_nesting`).
+MAX_NESTING = 100
+
+
+def _check_nesting(path: str, tokens: list[Token], offset: int = 0) -> None:
+    deep = next((t for t in tokens if t.level >= MAX_NESTING - 1), None)
+    if deep is not None:
+        line = offset + (deep.map[0] + 1 if deep.map else 1)
+        raise PostError(f"blocks nest more than {MAX_NESTING // 2} deep here: the runner "
+                        "cannot read the post past this line", path, line)
 
 
 def split_lines(text: str) -> list[str]:
@@ -85,6 +102,7 @@ def parse(path: str, text: str) -> Post:
     if source and source[0].startswith("\ufeff"):
         source[0] = source[0][1:]
     tokens = _markdown().parse("".join(source))
+    _check_nesting(path, tokens)
     parts = _output_parts(tokens)
     snippets = [_snippet(path, lines, found, parts) for found in _fences(path, lines, tokens)]
     default_env, network, keep_going = _settings(path, front_matter)
@@ -138,7 +156,9 @@ def _hidden(path: str, lines: list[str], comment: Token) -> Iterator[_Found]:
     inner = comment.content.splitlines(keepends=True)
     if len(inner) < 2 or inner[-1].strip() != HIDDEN_CLOSE:
         raise PostError(f"hidden block must end with a line '{HIDDEN_CLOSE}'", path, start + 1)
-    fences = [t for t in _markdown().parse("".join(inner[1:-1]))
+    hidden = _markdown().parse("".join(inner[1:-1]))
+    _check_nesting(path, hidden, start + 1)
+    fences = [t for t in hidden
               if t.type == "fence" and t.map and _language(t.info) in PYTHON_LANGUAGES]
     _one_per_hidden_block(path, fences, start + 1)
     for token in fences:

@@ -389,3 +389,18 @@ def test_hidden_code_is_not_rendered() -> None:
     for snippet in hidden:
         assert snippet.code.splitlines()[0] in html
         assert snippet.code.splitlines()[0] not in shown
+
+
+def test_a_ten_deep_list_hides_no_snippet_after_it() -> None:
+    """markdown-it's commonmark preset stops reading at 20 levels of nesting, in silence: a
+    snippet after a ten-deep list was lost, and a post with a failing one passed."""
+    text = (FIXTURES / "deep_nesting.md").read_text()
+    [snippet] = parse("deep.md", text).snippets
+    assert snippet.code == 'raise ValueError("hidden")\n'
+
+
+def test_nesting_past_what_the_runner_reads_is_a_post_error() -> None:
+    text = "".join("  " * depth + "- x\n" for depth in range(60)) + "\n```python\n1/0\n```\n"
+    with pytest.raises(PostError, match="blocks nest more than 50 deep here") as raised:
+        parse("too-deep.md", text)
+    assert raised.value.line is not None and 40 < raised.value.line < 60
