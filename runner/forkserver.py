@@ -574,10 +574,13 @@ def _drop_capabilities(uid: int | None = None) -> None:
 # process's user keyring, would be a kernel's to read and to leave keys in) and new user
 # namespaces (in which a process has every capability again: the kernel's attack surface for
 # local privilege escalation). Numbers by architecture: (AUDIT_ARCH, add_key, request_key,
-# keyctl, unshare, clone, clone3). Every other ABI's calls (i386's int 0x80, x32) are refused.
+# keyctl, unshare, clone, clone3, fallocate). Every other ABI's calls (i386's int 0x80, x32)
+# are refused. fallocate only with mode 0: FALLOC_FL_KEEP_SIZE allocates blocks past a
+# file's size, which RLIMIT_FSIZE does not bound (the kernel's log and crash file are on the
+# run folder's disk).
 _SECCOMP_ARCHES = {
-    "x86_64": (0xC000003E, 248, 249, 250, 272, 56, 435),
-    "aarch64": (0xC00000B7, 217, 218, 219, 97, 220, 435),
+    "x86_64": (0xC000003E, 248, 249, 250, 272, 56, 435, 285),
+    "aarch64": (0xC00000B7, 217, 218, 219, 97, 220, 435, 47),
 }
 CLONE_NEWUSER_FLAG = 0x10000000
 
@@ -590,10 +593,11 @@ def _seccomp() -> None:
     found = _SECCOMP_ARCHES.get(os.uname().machine)
     if found is None:
         return
-    arch, add_key, request_key, keyctl, unshare, clone, clone3 = found
+    arch, add_key, request_key, keyctl, unshare, clone, clone3, fallocate = found
     libc = _libc()
     libc.syscall(keyctl, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous: a fresh one
     allow, refuse, absent = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # EPERM, ENOSYS
+    unsupported = 0x00050000 | 95  # EOPNOTSUPP
     program = [
         (0x20, "", "", 4),  # the arch
         (0x15, "", "absent", arch),  # another ABI: no syscall at all
@@ -602,12 +606,17 @@ def _seccomp() -> None:
         (0x15, "refuse", "", add_key), (0x15, "refuse", "", request_key),
         (0x15, "refuse", "", keyctl), (0x15, "absent", "", clone3),  # glibc falls back to clone
         (0x15, "flags", "", unshare), (0x15, "flags", "", clone),
+        (0x15, "mode", "", fallocate),
+        (0x06, "", "", allow),
+        ("mode", 0x20, "", "", 24),  # its second argument's low word: the mode
+        (0x15, "", "unsupported", 0),
         (0x06, "", "", allow),
         ("flags", 0x20, "", "", 16),  # its first argument's low word: the flags
         (0x45, "refuse", "", CLONE_NEWUSER_FLAG),
         (0x06, "", "", allow),
         ("refuse", 0x06, "", "", refuse),
         ("absent", 0x06, "", "", absent),
+        ("unsupported", 0x06, "", "", unsupported),
     ]
     labels = {item[0]: at for at, item in enumerate(program) if isinstance(item[0], str)}
     steps = [item[1:] if isinstance(item[0], str) else item for item in program]

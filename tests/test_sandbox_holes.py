@@ -99,6 +99,7 @@ def test_scratch_is_a_capped_file_system_and_the_disk_is_untouched(
     assert "files: refused ENOSPC after many" in seen, seen
     assert "<tmp> inodes capped: True" in seen  # /tmp, made portable
     assert "grow the crash file: refused EFBIG" in seen  # RLIMIT_FSIZE
+    assert "blocks past its size: refused ENOTSUP" in seen, seen  # seccomp: mode 0 only (95)
     if AS_ROOT:  # the runner took the kernel's ipc folder back once the kernel was up
         for what in ("a file in ..", "a file in ../ipc", "a folder in ../ipc",
                      "a socket swapped"):
