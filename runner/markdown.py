@@ -283,6 +283,11 @@ def _number(values: dict[str, str], key: str, path: str, line: int) -> float | N
     return number
 
 
+def front_matter(path: str, text: str) -> dict[str, object]:
+    """The post's front matter as YAML reads it (empty: none)."""
+    return _front_matter(path, split_lines(text))[0]
+
+
 def _front_matter(path: str, lines: list[str]) -> tuple[dict[str, object], int]:
     """YAML between a first line `---` and the next `---` or `...` line, and the body's start."""
     end = _front_matter_end(lines)

@@ -485,8 +485,11 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
                                   if r.status == "passed"}
     verified_by = stamp_value(item.sessions, config.envs)
-    gained = len(split_lines(stamp(item.post.text, verified_by))) - len(
-        split_lines(item.post.text))
+    stamped = stamp(item.post.text, verified_by)
+    forged = _stamp_misread(path, stamped, verified_by)
+    if forged is not None:
+        return PostOutcome(path, "error", forged[0], forged[1], snippets=results)
+    gained = len(split_lines(stamped)) - len(split_lines(item.post.text))
     if gained:  # a first stamp: every snippet moves down, and the lines its output names
         outputs = {line: moved(output, item.sessions[0].post, gained)
                    for line, output in outputs.items()}
@@ -512,6 +515,26 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     except OSError as exc:
         return replace(done, status="error", error=f"cannot write: {exc.strerror or exc}")
     return replace(done, written=True)
+
+
+def _stamp_misread(path: str, stamped: str, value: str) -> tuple[str, int | None] | None:
+    """Why the stamp, written where `stamp` writes it (the first line that starts with
+    `verified_by:`), is not what YAML reads as the post's `verified_by` (such a line inside a
+    multi-line value, and the key itself further down: a site would show that one), with the
+    line; None when it is (or the post has no front matter: no stamp is written)."""
+    if not value or not markdown.body_start(split_lines(stamped)):
+        return None
+    try:
+        read = markdown.front_matter(path, stamped).get("verified_by")
+    except PostError as exc:
+        return f"front matter: the verified_by stamp breaks it: {exc.message}", exc.line
+    if read == value:
+        return None
+    line = next((number for number, text in enumerate(split_lines(stamped), 1)
+                 if text.startswith("verified_by:")), None)
+    return ("front matter: YAML does not read the verified_by stamp where the runner writes it "
+            "(a line starting `verified_by:` inside another value?): make `verified_by` a "
+            "top-level key of its own line"), line
 
 
 def _changed_on_disk(path: Path, parsed: str,

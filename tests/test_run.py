@@ -179,3 +179,23 @@ def test_what_the_run_says_shows_what_it_names_as_it_is(
     say("cannot read durations from r\x1b]52;c;eA==\x07.json\u202e")
     assert capsys.readouterr().err == "runner: cannot read durations from " \
         "r\\x1b]52;c;eA==\\x07.json\\u202e\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["verify", "update"])
+def test_a_stamp_yaml_would_not_read_is_an_error_never_a_pass(
+        tmp_path: Path, project: Config, mode: str) -> None:
+    """A `verified_by:` line inside a multi-line title, and the key itself below: `update`
+    stamped the first, a site shows the second (a forged stamp), and `verify` then passed."""
+    import shutil
+
+    from runner.run import Options, run_posts
+    from tests.conftest import FIXTURES
+
+    post = tmp_path / "forged.md"
+    shutil.copy(FIXTURES / "posts" / "forged-stamp.md", post)
+    before = post.read_bytes()
+    [outcome] = run_posts([post], project, Options(mode=mode, cache=False)).posts  # type: ignore[arg-type]
+    assert (outcome.status, outcome.error_line) == ("error", 3), outcome
+    assert "YAML does not read the verified_by stamp" in (outcome.error or "")
+    assert post.read_bytes() == before
