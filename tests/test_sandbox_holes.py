@@ -104,7 +104,8 @@ def test_scratch_is_a_capped_file_system_and_the_disk_is_untouched(
         for what in ("a file in ..", "a file in ../ipc", "a folder in ../ipc",
                      "a socket swapped"):
             assert f"{what} refused EACCES" in seen, seen
-    assert abs(shutil.disk_usage(tmp_path).free - free) < 100 * 2**20  # not 3 GiB gone
+    # not 3 GiB gone (one-sided, with room: other work on the machine frees and fills too)
+    assert free - shutil.disk_usage(tmp_path).free < 2**30
 
 
 @pytest.mark.kernel
