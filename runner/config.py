@@ -63,7 +63,23 @@ class Config:
             relative = post.resolve().relative_to(self.root).as_posix()
         except ValueError:
             return False
-        return any(fnmatch.fnmatchcase(relative, glob) for glob in self.network_posts)
+        return any(_glob_matches(glob, relative) for glob in self.network_posts)
+
+
+def _glob_matches(glob: str, path: str) -> bool:
+    """A path glob, part by part: `*` and `?` never cross a `/` (fnmatch's do: `posts/net*.md`
+    would grant `posts/net-x/any/post.md`); `**` as a whole part stands for any parts."""
+    return _parts_match(glob.strip("/").split("/"), path.split("/"))
+
+
+def _parts_match(parts: list[str], names: list[str]) -> bool:
+    if "**" not in parts:
+        return len(parts) == len(names) and all(
+            fnmatch.fnmatchcase(name, part) for part, name in zip(parts, names, strict=True))
+    at = parts.index("**")
+    head, tail = parts[:at], parts[at + 1:]
+    return len(names) >= len(head) and _parts_match(head, names[:at]) and any(
+        _parts_match(tail, names[start:]) for start in range(at, len(names) + 1))
 
 
 def normalize_dist(name: str) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runner.errors import PlanError
@@ -160,3 +162,21 @@ def test_a_timeout_marker_lowers_the_runs_timeout_never_raises_it() -> None:
     assert capped(parsed, 60.0).snippets[1] == parsed.snippets[1]
     [session] = plan(capped(parsed, 60.0), ENVS)
     assert [s.markers.timeout for s in session.snippets] == timeouts
+
+
+@pytest.mark.parametrize(("glob", "path", "granted"), [
+    ("posts/net*.md", "posts/net-a.md", True),
+    ("posts/net*.md", "posts/net-sub/deeper/evil.md", False),  # `*` never crosses a `/`
+    ("posts/*/x.md", "posts/a/b/x.md", False),
+    ("posts/?.md", "posts/ab.md", False),
+    ("posts/**/x.md", "posts/a/b/x.md", True),
+    ("posts/**/x.md", "posts/x.md", True),
+    ("posts/a.md", "posts/a.md", True),
+])
+def test_a_network_grant_matches_paths_part_by_part(tmp_path: Path, glob: str, path: str,
+                                                    granted: bool) -> None:
+    from runner.config import Config
+
+    config = Config(root=tmp_path, posts=tmp_path / "posts", snippets=tmp_path, envs={},
+                    import_names={}, timeout=1, network_posts=(glob,))
+    assert config.grants_network(tmp_path / path) is granted
