@@ -95,16 +95,17 @@ _SHOWN = 10  # the files left out that a warning names; then a count
 @dataclass(frozen=True)
 class Beside:
     """The files beside a post as they were read for its sessions' cache key: each name with
-    the sha256 of its bytes. `copy_beside` gives a kernel those bytes and no others."""
+    the sha256 of its bytes and its mode (a script's exec bit decides what running it does).
+    `copy_beside` gives a kernel those bytes, with that mode, and no others."""
 
     folder: Path
-    files: tuple[tuple[str, str], ...] = ()  # (name, sha256), by name
+    files: tuple[tuple[str, str, int], ...] = ()  # (name, sha256, permission bits), by name
 
     @property
     def digest(self) -> str:
         hashed = hashlib.sha256()
-        for name, sha in self.files:
-            hashed.update(os.fsencode(name) + b"\0" + bytes.fromhex(sha))
+        for name, sha, mode in self.files:
+            hashed.update(os.fsencode(name) + b"\0" + bytes.fromhex(sha) + b"%o" % mode)
         return hashed.hexdigest()
 
 
@@ -174,6 +175,7 @@ def read_beside(folder: Path, warn: Callable[[str], None] = print_warning) -> Be
             try:
                 data = read_regular(name, BESIDE_MAX_BYTES, follow_symlinks=False,
                                     dir_fd=handle)
+                mode = os.stat(name, dir_fd=handle, follow_symlinks=False).st_mode & 0o777
             except (OSError, ValueError) as exc:
                 left.append(f"{name} ({_why(exc)})")
                 continue
@@ -181,7 +183,7 @@ def read_beside(folder: Path, warn: Callable[[str], None] = print_warning) -> Be
                 left.append(f"{name} (past {_size(BESIDE_MAX_TOTAL)} in all)")
                 continue
             total += len(data)
-            files.append((name, hashlib.sha256(data).hexdigest()))
+            files.append((name, hashlib.sha256(data).hexdigest(), mode))
     if left:
         more = f" and {len(left) - _SHOWN} more" if len(left) > _SHOWN else ""
         warn(f"{folder}: not given to its posts' snippets: {', '.join(left[:_SHOWN])}{more}")
@@ -197,22 +199,21 @@ def copy_beside(beside: Beside, scratch: Path, warn: Callable[[str], None] = pri
     (`write_new`): never written through whatever stands in scratch."""
     try:
         with _folder(beside.folder) as source, _folder(scratch) as target:
-            left = [f"{name} ({why})" for name, sha in beside.files
-                    if (why := _copy(name, sha, source, target))]
+            left = [f"{name} ({why})" for name, sha, mode in beside.files
+                    if (why := _copy(name, sha, mode, source, target))]
     except OSError as exc:
-        left = [f"{name} ({exc.strerror})" for name, _ in beside.files]
+        left = [f"{name} ({exc.strerror})" for name, *_ in beside.files]
     if left:
         warn(f"{beside.folder}: not copied for a kernel of its posts: {', '.join(left)}")
 
 
-def _copy(name: str, sha: str, source: int, target: int) -> str | None:
-    """Copy `name` from the open folder `source` to `target` when its bytes hash to `sha`;
-    else why not."""
+def _copy(name: str, sha: str, mode: int, source: int, target: int) -> str | None:
+    """Copy `name` from the open folder `source` to `target`, with `mode`, when its bytes hash
+    to `sha`; else why not."""
     try:
         data = read_regular(name, BESIDE_MAX_BYTES, follow_symlinks=False, dir_fd=source)
         if hashlib.sha256(data).hexdigest() != sha:
             return "changed since it was read"
-        mode = os.stat(name, dir_fd=source, follow_symlinks=False).st_mode & 0o777
         write_new(name, data, mode, target)
     except (OSError, ValueError) as exc:
         return _why(exc)

@@ -346,6 +346,9 @@ async def _run_cell(live: _Live, snippet: Snippet, cell: NotebookNode,
     if deadline is not None and bound:
         limit = max(deadline.at - started, 0.001)
     cell.metadata["runner"]["timeout"] = limit
+    # output still arriving after the reply is waited for, up to the run's deadline at most
+    live.client.iopub_timeout = IOPUB_TIMEOUT if deadline is None else max(
+        1, min(IOPUB_TIMEOUT, math.ceil(deadline.at - started)))
     live.client.budget = _Budget(live.client.output_limits, room=NOTE_ROOM)
     live.client.reply = None
     try:

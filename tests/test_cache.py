@@ -338,7 +338,7 @@ def test_only_regular_files_of_the_folder_are_beside_a_post(tmp_path: Path) -> N
     warnings: list[str] = []
     beside = without_waiting(lambda: cache.read_beside(folder, warnings.append),
                              folder / "pipe.csv", "read_beside")
-    assert [name for name, _ in beside.files] == ["data.csv"]
+    assert [name for name, *_ in beside.files] == ["data.csv"]
     [warning] = warnings  # one line, naming the folder and each file left out
     assert str(folder) in warning and "\n" not in warning
     for name, why in (("environ.txt", "a symlink"), ("kmsg.txt", "a symlink"),
@@ -359,7 +359,7 @@ def test_the_kernel_gets_only_the_bytes_the_key_was_made_from(tmp_path: Path) ->
     (folder / "other.csv").write_text("a\n")
     (folder / "third.csv").write_text("b\n")
     beside = cache.read_beside(folder, warn=lambda text: None)
-    assert [name for name, _ in beside.files] == ["data.csv", "other.csv", "third.csv"]
+    assert [name for name, *_ in beside.files] == ["data.csv", "other.csv", "third.csv"]
     (folder / "data.csv").write_text("x,y\n6,6\n")  # the same size, other bytes
     (folder / "other.csv").unlink()
     (folder / "other.csv").symlink_to(tmp_path / "outside" / "id_ed25519")
@@ -396,7 +396,7 @@ def test_the_files_beside_a_post_are_bounded_in_all(tmp_path: Path,
         (folder / f"{name}.txt").write_text("x" * 10)
     warnings: list[str] = []
     beside = cache.read_beside(folder, warnings.append)
-    assert [name for name, _ in beside.files] == ["a.txt", "b.txt"]
+    assert [name for name, *_ in beside.files] == ["a.txt", "b.txt"]
     assert [p.name for p in cache.files_beside(folder)] == ["a.txt", "b.txt"]
     [warning] = warnings
     assert "c.txt (past 25 bytes in all)" in warning
@@ -422,3 +422,17 @@ def test_a_cached_run_under_another_tz_runs_again(tmp_path: Path, project: Confi
     assert moved.summary()["cached"] == 0
     assert moved.snippets[0].output.stdout == "America/New_York\n"
     assert "America/New_York" in post.read_text()
+
+
+def test_a_files_mode_is_in_the_key(tmp_path: Path) -> None:
+    """A script beside a post, made executable or not, runs or fails: its mode decides."""
+    (tmp_path / "helper.sh").write_text("echo hi\n")
+    (tmp_path / "helper.sh").chmod(0o755)
+    executable = cache.read_beside(tmp_path)
+    (tmp_path / "helper.sh").chmod(0o644)
+    plain = cache.read_beside(tmp_path)
+    assert executable.digest != plain.digest
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cache.copy_beside(executable, scratch, warn=pytest.fail)
+    assert (scratch / "helper.sh").stat().st_mode & 0o777 == 0o755  # as the key says

@@ -265,3 +265,27 @@ def test_a_crash_file_swapped_by_the_kernel_neither_hangs_nor_floods(
     assert dead.error.message.startswith("the kernel died while running this snippet (")
     assert dead.error.post_line == 2  # the fence's first line: the crash file says nothing
     assert after.status == "skipped"
+
+
+@pytest.mark.kernel
+def test_the_deadline_bounds_the_wait_for_output_after_a_reply(
+        tmp_path: Path, project: Config) -> None:
+    """A kernel that never says it is idle again: its output is waited for 60 s after the
+    reply, which --deadline must bound too."""
+    post = tmp_path / "no-idle.md"
+    post.write_text(
+        "```python runner:env=sklearn\nk = get_ipython().kernel\nsend = k.session.send\n"
+        "def no_idle(stream, kind, content=None, *args, **kwargs):\n"
+        "    if kind == 'status' and (content or {}).get('execution_state') == 'idle':\n"
+        "        return None\n"
+        "    return send(stream, kind, content, *args, **kwargs)\n"
+        "k.session.send = no_idle\n```\n")
+    outcome: list[Run] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_posts(
+        [post], project, Options(cache=False, timeout=5, deadline=8))), daemon=True)
+    runner.start()
+    runner.join(40)  # 60 s and more before
+    assert not runner.is_alive(), "the output wait outlived the run's deadline"
+    [result] = outcome[0].snippets
+    assert result.status == "failed" and result.error is not None
+    assert result.error.type == ErrorKind.OUTPUT_LOST
