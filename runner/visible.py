@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import re
 
-# C0 but tab and newline, DEL, C1, the Unicode line and paragraph separators; bidi controls
-# (U+061C, U+200E/F, U+202A-E, U+2066-9), zero-width characters (U+200B-D, U+2060, U+FEFF) and
-# tag characters (U+E0000-E007F).
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060"
-                     "\u2066-\u2069\ufeff\U000e0000-\U000e007f]")
+# C0 but tab and newline, DEL, C1, the Unicode line and paragraph separators; every format
+# character (category Cf: bidi controls, zero-width characters, tags, soft hyphen, Arabic and
+# Egyptian format marks, interlinear annotations) and every other default-ignorable one, which
+# renders as nothing (variation selectors, Hangul fillers, U+034F, U+17B4-5, U+180B-F, U+2065,
+# U+FFF0-8), from Unicode 15's tables (Cf as Python 3.11's unicodedata has it).
+CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891"
+    "\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 
 
 def visible(text: str) -> str:

@@ -356,3 +356,21 @@ def test_a_run_of_unreadable_and_stale_posts_is_red_in_every_report(
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["posts"] == {"passed": 1, "failed": 0, "stale": 1, "error": 2}
     assert "4 posts: 1 passed" in summary.read_text()
+
+
+def test_every_format_and_default_ignorable_character_is_shown_as_its_escape() -> None:
+    """Variation selectors, Hangul fillers, invisible math operators, the soft hyphen: each
+    renders as nothing, so text could hide in them (`token=...` in 13 of them)."""
+    import unicodedata
+
+    from runner.visible import visible
+
+    format_characters = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    ignorable = ["\ufe0f", "\U000e0100", "\u3164", "\u115f", "\u1160", "\uffa0", "\u034f",
+                 "\u17b4", "\u180e", "\u2065", "\ufff0"]
+    for character in [*format_characters, *ignorable]:
+        shown = visible(f"a{character}b")
+        assert character not in shown and shown.startswith("a\\") and shown.endswith("b"), (
+            hex(ord(character)))
+    assert visible("é, ß, 日本, emoji 🙂, tab\tand newline\n") == (
+        "é, ß, 日本, emoji 🙂, tab\tand newline\n")
