@@ -232,7 +232,8 @@ def _outbound() -> socket.socket | None:
     """Before the session's namespaces are made: a helper left in this one (the host's
     network) that becomes slirp4netns for the session's network namespace once `_attach`
     sends it. The session's network is then its own namespace with a route out through it,
-    and `--disable-host-loopback`: never the host's loopback (its 127.0.0.1 services). None
+    and `--disable-host-loopback`: never the host's loopback (its 127.0.0.1 services); slirp
+    itself in a sandbox of its own (`--enable-sandbox`, `--enable-seccomp`). None
     where slirp4netns is not installed: the session has loopback only."""
     slirp = next((path for path in SLIRP if os.access(path, os.X_OK)), None)
     if slirp is None:
@@ -247,6 +248,7 @@ def _outbound() -> socket.socket | None:
         os.set_inheritable(fds[0], True)
         os.set_inheritable(theirs.fileno(), True)
         os.execv(slirp, [slirp, "--configure", "--mtu=65520", "--disable-host-loopback",
+                         "--enable-sandbox", "--enable-seccomp",
                          f"--ready-fd={theirs.fileno()}", "--netns-type=path",
                          f"/proc/self/fd/{fds[0]}", "tap0"])
     finally:

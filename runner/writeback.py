@@ -89,17 +89,25 @@ def _carriage_returns(line: str) -> str:
 
 def render(post: Post, outputs: Mapping[int, Output],
            options: RenderOptions | None = None) -> str:
-    """The post with each snippet in `outputs` (keyed by fence line) given its output block."""
+    """The post with each snippet in `outputs` (keyed by fence line) given its output block;
+    a skipped snippet (`runner:skip`) has none: no run made one (a block written there by hand
+    would pass for verified output)."""
     options = options or RenderOptions()
     lines = split_lines(post.text)
     line_end = newline(lines)
     numbered = {s.line: n for n, s in enumerate(post.snippets, 1)}
-    edits = sorted(((s, outputs[s.line] if s.markers.record_output else Output())
-                    for s in post.snippets if s.line in outputs),
+    skipped = [s for s in post.snippets if s.markers.skip is not None and s.output]
+    edits = sorted([*((s, outputs[s.line] if s.markers.record_output else Output())
+                      for s in post.snippets if s.line in outputs),
+                    *((s, None) for s in skipped if s.line not in outputs)],
                    key=lambda pair: pair[0].anchor, reverse=True)
     for snippet, output in edits:
-        links = figure_links(post.path, numbered[snippet.line], output, options.figures)
-        block = output_block(snippet, output, line_end, options, links, numbered[snippet.line])
+        if output is None:
+            block: list[str] = []
+        else:
+            links = figure_links(post.path, numbered[snippet.line], output, options.figures)
+            block = output_block(snippet, output, line_end, options, links,
+                                 numbered[snippet.line])
         start, end = ((snippet.output.start, snippet.output.end) if snippet.output
                       else (snippet.anchor, snippet.anchor))
         if snippet.output and _recorded_stands(snippet, lines[start:end], block, options):

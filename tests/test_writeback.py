@@ -749,3 +749,15 @@ def test_figures_setting_is_read_and_checked(tmp_path: Path) -> None:
         pyproject.write_text(f"[tool.runner]\nfigures = {bad}\n")
         with pytest.raises(UsageError, match="figures"):
             load(tmp_path)
+
+
+def test_a_skipped_snippet_keeps_no_verified_output_block() -> None:
+    """A block written by hand under a `runner:skip` snippet would pass for verified output
+    (a reader does not see the marker): no run made it, so it goes."""
+    fake = ("```python runner:skip=\"needs the network\"\nprint(train())\n```\n\n"
+            "*Verified output:*\n\n```text runner:output\naccuracy: 0.99\n```\n\n"
+            "[//]: # (end of verified output)\n")
+    post = parse("p.md", "# Post\n\n" + fake + "\nAfter.\n")
+    assert post.snippets[0].output is not None  # the runner's shape: it owns the block
+    assert render(post, {}) == ("# Post\n\n```python runner:skip=\"needs the network\"\n"
+                                "print(train())\n```\n\nAfter.\n")
