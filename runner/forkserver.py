@@ -160,6 +160,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 38, 47
 CLONE_NEWUSER, MNT_DETACH = 0x10000000, 2
@@ -381,7 +382,7 @@ def _session_view(limits: dict[str, Any], scratch: str, uid: int | None,
         _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620")
     for path in ("/", "/dev"):
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        _remount_read_only(path, MS_NOSUID)
 
 
 def _read_only(path: str) -> None:
@@ -390,8 +391,18 @@ def _read_only(path: str) -> None:
     if not os.path.exists(path):
         return
     _mount(path, path, None, MS_BIND | MS_REC)
-    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
-           | MS_NOEXEC)
+    _remount_read_only(path, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _remount_read_only(path: str, more: int = 0) -> None:
+    """The mount at `path` made read-only, keeping the flags it has: in a user namespace that
+    did not make it (a bubblewrap not run as root), nosuid, nodev, noexec and the atime flags
+    are locked, and a remount that drops one is refused (as bubblewrap's --remount-ro)."""
+    flags = os.statvfs(path).f_flag  # ST_* : the MS_* values, but for ST_RELATIME
+    kept = flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    if flags & os.ST_RELATIME:
+        kept |= MS_RELATIME
+    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept | more)
 
 
 def _scratch_tmpfs(scratch: str, size_mb: int, uid: int | None) -> None:
