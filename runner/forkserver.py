@@ -226,7 +226,14 @@ SLIRP_DNS = "10.0.2.3"
 def outbound_available() -> bool:
     """Whether a session granted the network can have it here: slirp4netns, a user-mode
     network stack (what rootless podman uses), gives its own network namespace a way out."""
-    return any(os.access(path, os.X_OK) for path in SLIRP)
+    return _slirp() is not None
+
+
+def _slirp() -> str | None:
+    """slirp4netns, where it is installed and this user may open the tun device it needs."""
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return None
+    return next((path for path in SLIRP if os.access(path, os.X_OK)), None)
 
 
 def _outbound() -> socket.socket | None:
@@ -236,7 +243,7 @@ def _outbound() -> socket.socket | None:
     and `--disable-host-loopback`: never the host's loopback (its 127.0.0.1 services); slirp
     itself in a sandbox of its own (`--enable-sandbox`, `--enable-seccomp`). None
     where slirp4netns is not installed: the session has loopback only."""
-    slirp = next((path for path in SLIRP if os.access(path, os.X_OK)), None)
+    slirp = _slirp()
     if slirp is None:
         return None
     ours, theirs = socket.socketpair()
@@ -322,9 +329,15 @@ def _fork_in_pid_namespace() -> tuple[int, bool]:
     child makes its namespace itself, with a reaper."""
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if not _NAMESPACE_FORKS:
-            _NAMESPACE_FORKS.append(_libc().unshare(CLONE_NEWPID) == 0
-                                    and _libc().setns(own, CLONE_NEWPID) == 0)
+        if not _NAMESPACE_FORKS:  # tried in a throwaway child: where `unshare` works and
+            # `setns` back does not (a bubblewrap not run as root), the server's children
+            # would all be born in the one new namespace, pid 1 of it the first session's
+            # init: its end would kill every later session
+            probe = os.fork()
+            if probe == 0:
+                os._exit(0 if _libc().unshare(CLONE_NEWPID) == 0
+                         and _libc().setns(own, CLONE_NEWPID) == 0 else 1)
+            _NAMESPACE_FORKS.append(os.waitpid(probe, 0)[1] == 0)
         if not _NAMESPACE_FORKS[0]:
             return os.fork(), False
         _check(_libc().unshare(CLONE_NEWPID), "unshare")
@@ -354,6 +367,9 @@ def _session_view(limits: dict[str, Any], scratch: str, uid: int | None,
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _read_only("/proc/sys")
     _read_only("/proc/sysrq-trigger")
+    for hidden in ("/proc/keys", "/proc/key-users"):  # every key of its user, by name (as
+        if os.path.exists(hidden):  # Docker masks them): what keyctl is refused gives away
+            _mount("/dev/null", hidden, None, MS_BIND)
     hidden = ("/tmp", "/dev/shm", workspace)
     kept = [(session, False)] + [
         (path, True) for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}

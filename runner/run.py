@@ -633,7 +633,8 @@ def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvErro
     if (servers.bwrap is not None and any(job.session.network for job in jobs)
             and not outbound_available()):
         say("posts granted the network get loopback only: slirp4netns, their way out of the "
-            "sandbox, is not installed (apt-get install slirp4netns)")
+            "sandbox, is not installed (apt-get install slirp4netns), or /dev/net/tun is not "
+            "this user's to open")
     sessions = Counter(job.session.env for job in jobs)
     for env in ready:
         if options.warm and sessions[env.spec.name] > 1:
