@@ -367,9 +367,9 @@ def _session_view(limits: dict[str, Any], scratch: str, uid: int | None,
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _read_only("/proc/sys")
     _read_only("/proc/sysrq-trigger")
-    for hidden in ("/proc/keys", "/proc/key-users"):  # every key of its user, by name (as
-        if os.path.exists(hidden):  # Docker masks them): what keyctl is refused gives away
-            _mount("/dev/null", hidden, None, MS_BIND)
+    for masked in ("/proc/keys", "/proc/key-users"):  # every key of its user, by name (as
+        if os.path.exists(masked):  # Docker masks them): what keyctl is refused gives away
+            _mount("/dev/null", masked, None, MS_BIND)
     hidden = ("/tmp", "/dev/shm", workspace)
     kept = [(session, False)] + [
         (path, True) for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
