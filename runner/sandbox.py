@@ -42,7 +42,7 @@ FORKSERVER = Path(forkserver.__file__)
 INSIDE = "/run/runner/forkserver.py"  # where the sandbox sees the fork server's script
 SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
 OUTER_TMP_MB = 64  # the fork server's own /tmp; each kernel gets its own
-SYSTEM_PATH = ("/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/usr/sbin", "/bin", "/sbin")
+SYSTEM_PATH = forkserver.SANDBOX_PATH  # the system's own PATH folders
 INSTALLERS = ("pip", "pip3", "pip3.*", "uv", "uvx", "conda", "mamba", "micromamba", "pipx")
 NO_INSTALL = Path(__file__).with_name("no-install.sh")
 
