@@ -38,7 +38,7 @@ from nbformat import NotebookNode, from_dict
 from zmq.utils.monitor import parse_monitor_message
 
 from runner.atomic import remove_tree
-from runner.cache import Beside, copy_beside, read_beside
+from runner.beside import Beside, copy_beside, read_beside
 from runner.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE_CHARS
 from runner.envs import BuiltEnv, kernel_env
 from runner.forkserver import take_back

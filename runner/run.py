@@ -31,8 +31,9 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from runner import cache, compare, envs, images, markdown, parameters, plan, posts, report
+from runner import cache, compare, decides, envs, images, markdown, parameters, plan, posts, report
 from runner import verdicts as verdict_store
+from runner.beside import Beside, read_beside
 from runner.config import Config, load
 from runner.errors import EnvError, PostError, RunnerError, UsageError
 from runner.markdown import split_lines
@@ -129,7 +130,7 @@ class Job:
     session: Session
     key: str
     hit: tuple[SnippetResult, ...] | None = None
-    beside: cache.Beside | None = None  # the files beside the post its kernel gets copies of
+    beside: Beside | None = None  # the files beside the post its kernel gets copies of
 
 
 def run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
@@ -171,17 +172,23 @@ def post_paths(paths: Iterable[str | Path], config: Config) -> list[Path]:
     return posts.find(given or [posts.relative(config.posts)])
 
 
+def run_inputs(config: Config, options: Options) -> decides.Inputs:
+    """What decides every session's results in this run, beyond each session's own."""
+    passenv = _passenv(config, options)
+    return decides.Inputs({name: decides.kernel_inputs(spec, passenv)
+                           for name, spec in config.envs.items()}, _timeout(config, options))
+
+
 def open_verdicts(config: Config, options: Options) -> verdict_store.Verdicts | None:
     """The run's verdicts (in the execution cache's folder), decided by the configuration and
     the options that change an outcome; None where a run neither replays nor keeps them
     (parameters given, `--check-determinism`)."""
     if options.params or options.check_determinism:
         return None
-    passenv = _passenv(config, options)
-    decided_by = [verdict_store.fingerprint(config), options.mode, _timeout(config, options),
-                  options.keep_going, options.ignore_stamp, passenv,
-                  [cache.kernel_inputs(spec, passenv) for _, spec in sorted(config.envs.items())]]
-    return verdict_store.Verdicts(config.cache_dir / "verdicts", decided_by)
+    outcome = [verdict_store.fingerprint(config), options.mode, options.keep_going,
+               options.ignore_stamp]
+    basis = decides.verdict_basis(run_inputs(config, options), outcome)
+    return verdict_store.Verdicts(config.cache_dir / "verdicts", basis)
 
 
 def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
@@ -264,16 +271,14 @@ def look_up_cache(planned: list[Planned], config: Config, options: Options,
     seen for the post's verdict before it is read)."""
     read = options.cache and not options.check_determinism
     jobs = []
-    beside: dict[Path, cache.Beside] = {}  # once per folder
-    kernels = {name: cache.kernel_inputs(spec, _passenv(config, options))  # once per env
-               for name, spec in config.envs.items()}
+    beside: dict[Path, Beside] = {}  # once per folder
+    inputs = run_inputs(config, options)
     for index, item in enumerate(planned):
         folder = item.path.parent
         if item.sessions and folder not in beside:
-            beside[folder] = cache.read_beside(folder, say)
+            beside[folder] = read_beside(folder, say)
         for session in item.sessions:
-            key = cache.session_key(session, kernels[session.env], _timeout(config, options),
-                                    beside[folder].digest)
+            key = decides.session_key(session, inputs, beside[folder].digest)
             if verdicts is not None and read:
                 verdicts.see(cache.entry(config.cache_dir, key), renamed=True)
             hit = cache.load(config.cache_dir, key, session, say) if read else None

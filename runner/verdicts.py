@@ -44,7 +44,8 @@ from typing import Any, TypeVar, cast
 
 from runner import __version__
 from runner.atomic import read_regular, write_atomic
-from runner.cache import files_beside, part_kind, unused
+from runner.beside import files_beside
+from runner.cache import part_kind, unused
 from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import PostOutcome
 from runner.writeback import FIGURE_GLOB
@@ -139,7 +140,7 @@ class Verdicts:
         self._seen[path] = None
 
     def see_beside(self, folder: Path) -> list[str]:
-        """The files beside the posts of `folder` (`cache.files_beside`), seen once a run,
+        """The files beside the posts of `folder` (`beside.files_beside`), seen once a run,
         before their bytes are read for the cache key or copied for a kernel."""
         if folder not in self._beside:
             self._beside[folder] = [p.name for p in files_beside(folder)]

@@ -18,7 +18,7 @@ from runner import cache, envs
 from runner.config import Config
 from runner.errors import EnvError
 from runner.markdown import parse
-from runner.model import EnvSpec, Output, Session, SnippetResult
+from runner.model import EnvSpec, Output, SnippetResult
 from runner.plan import plan
 from runner.report import Run, to_json
 from runner.run import Options, run_posts
@@ -30,49 +30,6 @@ POST = "```python\nimport numpy\nprint(1)\n```\n\n```python\nprint(2)\n```\n"
 
 def session(text: str = POST):  # type: ignore[no-untyped-def]
     return plan(parse("p.md", text), {"sklearn": ENV})[0]
-
-
-def key(s: Session | None = None, env: EnvSpec = ENV, timeout: float = 60,
-        passenv: tuple[str, ...] = ()) -> str:
-    return cache.session_key(s or session(), cache.kernel_inputs(env, passenv), timeout)
-
-
-def test_key_follows_code_lock_timeout_and_kernel_env_not_line_numbers() -> None:
-    first = key()
-    assert key(session("Prose above.\n\n" + POST)) == first
-    assert key(session(POST.replace("print(2)", "print(3)"))) != first
-    assert key(env=replace(ENV, lock_hash="1" * 64)) != first
-    assert key(timeout=61) != first
-    assert key(env=replace(ENV, kernel_env=(("A", "1"),))) != first
-    marked = POST.replace("```python\nprint(2)", "```python runner:timeout=5\nprint(2)")
-    assert key(session(marked)) != first
-
-
-def test_key_follows_every_variable_the_kernel_gets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 20, item 9: what the kernel's environment holds decides what it prints (TZ,
-    LANG, a thread count, [tool.runner] passenv, the kernel-env table, the env's own path on
-    PATH), so each is in the key; what no kernel gets is not."""
-    first = key()
-    for name, value in (("TZ", "Test/Zone-1"), ("LANG", "xx_XX.TEST"), ("LC_TIME", "xx_XX"),
-                        ("OMP_NUM_THREADS", "77"), ("HOME", "/test/home"),
-                        ("PATH", "/test/bin"), (envs.CACHE_VARIABLE, "/test/cache")):
-        with monkeypatch.context() as changed:
-            changed.setenv(name, value)
-            assert key() != first, name
-    monkeypatch.setenv("RUNNER_TEST_SECRET", "not for kernels")
-    monkeypatch.setenv("MY_SETTING", "1")
-    assert key() == first
-    assert key(passenv=("MY_SETTING",)) != first
-    passed = key(passenv=("MY_SETTING",))
-    monkeypatch.setenv("MY_SETTING", "2")
-    assert key(passenv=("MY_SETTING",)) != passed
-    assert key(env=replace(ENV, kernel_env=(("TZ", "UTC"),))) != first
-    with monkeypatch.context() as changed:  # results made without a sandbox are not its
-        changed.setenv("RUNNER_NO_SANDBOX", "1")
-        assert key() != first
-    built = envs.BuiltEnv(ENV, envs.env_path(ENV))  # what a kernel of the env is given
-    assert cache.kernel_inputs(ENV, ("MY_SETTING",))["variables"] == envs.kernel_env(
-        built, ("MY_SETTING",))
 
 
 def test_store_and_load_round_trip(tmp_path: Path) -> None:
@@ -113,7 +70,7 @@ def test_failed_session_is_not_stored(tmp_path: Path) -> None:
 
 def test_corrupt_entry_is_discarded_with_a_warning(tmp_path: Path) -> None:
     key = "ef" + "0" * 62
-    entry = tmp_path / "ef" / f"{key}.json"
+    entry = cache.entry(tmp_path, key)
     entry.parent.mkdir()
     entry.write_text('{"key": "ef00", "snipp')
     warnings: list[str] = []
@@ -196,7 +153,7 @@ def make_bad_entry(entry: Path, kind: str) -> None:
         os.mkfifo(entry)
     elif kind == "symlink":  # to a good entry: still not trusted
         stored(entry.parent.parent / "elsewhere", KEY)
-        entry.symlink_to(entry.parent.parent / "elsewhere" / KEY[:2] / f"{KEY}.json")
+        entry.symlink_to(cache.entry(entry.parent.parent / "elsewhere", KEY))
     elif kind == "huge":
         with entry.open("wb") as out:
             out.truncate(cache.MAX_ENTRY_BYTES + 1)  # sparse: costs no disk
@@ -211,7 +168,7 @@ def make_bad_entry(entry: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["folder", "fifo", "symlink", "huge", "deep", "wrong types"])
 def test_a_bad_entry_is_a_miss_with_one_warning_and_is_removed(tmp_path: Path,
                                                                kind: str) -> None:
-    entry = tmp_path / "cache" / KEY[:2] / f"{KEY}.json"
+    entry = cache.entry(tmp_path / "cache", KEY)
     make_bad_entry(entry, kind)
     warnings: list[str] = []
     loaded = without_waiting(
@@ -221,12 +178,12 @@ def test_a_bad_entry_is_a_miss_with_one_warning_and_is_removed(tmp_path: Path,
     assert len(warnings) == 1 and f"discarding a corrupt cache entry {entry}" in warnings[0]
     assert not os.path.lexists(entry)
     if kind == "symlink":  # the link went, not its target
-        assert (tmp_path / "cache" / "elsewhere" / KEY[:2] / f"{KEY}.json").is_file()
+        assert cache.entry(tmp_path / "cache" / "elsewhere", KEY).is_file()
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
 def test_store_replaces_whatever_stands_at_the_entry_path(tmp_path: Path, kind: str) -> None:
-    entry = tmp_path / "cache" / KEY[:2] / f"{KEY}.json"
+    entry = cache.entry(tmp_path / "cache", KEY)
     make_bad_entry(entry, kind)
     results = stored(tmp_path / "cache")
     assert entry.is_file() and not entry.is_symlink()
@@ -236,7 +193,7 @@ def test_store_replaces_whatever_stands_at_the_entry_path(tmp_path: Path, kind: 
 
 def test_store_skips_with_a_warning_when_the_lock_stays_held(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = tmp_path / KEY[:2] / f"{KEY}.json"
+    entry = cache.entry(tmp_path, KEY)
     entry.parent.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, f"{entry}.lock"],
                               stdout=subprocess.PIPE, text=True)
@@ -311,97 +268,6 @@ def test_a_cache_folder_is_due_a_sweep_once_a_day(tmp_path: Path) -> None:
 # from ------------------------------------------------------------------------------------------
 
 
-def hostile_folder(tmp_path: Path) -> Path:
-    """A post's folder as a pull request can commit it: data, and links to secrets."""
-    folder, outside = tmp_path / "posts", tmp_path / "outside"
-    folder.mkdir()
-    outside.mkdir()
-    (outside / "id_ed25519").write_text("SECRET KEY")
-    os.mkfifo(outside / "fifo")
-    (folder / "p.md").write_text(POST)
-    (folder / "data.csv").write_text("x,y\n1,2\n")
-    (folder / ".hidden").write_text("x")
-    (folder / "figures").mkdir()
-    (folder / "environ.txt").symlink_to("/proc/self/environ")
-    (folder / "kmsg.txt").symlink_to("/proc/kmsg")
-    (folder / "config.txt").symlink_to("../outside/id_ed25519")
-    (folder / "stream.csv").symlink_to(outside / "fifo")
-    os.mkfifo(folder / "pipe.csv")
-    with (folder / "huge.bin").open("wb") as out:
-        out.truncate(cache.BESIDE_MAX_BYTES + 1)  # sparse: costs no disk
-    return folder
-
-
-def test_only_regular_files_of_the_folder_are_beside_a_post(tmp_path: Path) -> None:
-    folder = hostile_folder(tmp_path)
-    assert [p.name for p in cache.files_beside(folder)] == ["data.csv"]
-    warnings: list[str] = []
-    beside = without_waiting(lambda: cache.read_beside(folder, warnings.append),
-                             folder / "pipe.csv", "read_beside")
-    assert [name for name, *_ in beside.files] == ["data.csv"]
-    [warning] = warnings  # one line, naming the folder and each file left out
-    assert str(folder) in warning and "\n" not in warning
-    for name, why in (("environ.txt", "a symlink"), ("kmsg.txt", "a symlink"),
-                      ("config.txt", "a symlink"), ("stream.csv", "a symlink"),
-                      ("pipe.csv", "a FIFO"), ("huge.bin", "over")):
-        assert f"{name} ({why}" in warning, name
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    cache.copy_beside(beside, scratch, warn=pytest.fail)
-    assert os.listdir(scratch) == ["data.csv"]
-    assert (scratch / "data.csv").read_text() == "x,y\n1,2\n"
-
-
-def test_the_kernel_gets_only_the_bytes_the_key_was_made_from(tmp_path: Path) -> None:
-    """A file changed (or swapped for a link) between the key's read and the copy is left
-    out, never copied as it is now; a copy never writes through a link in scratch."""
-    folder = hostile_folder(tmp_path)
-    (folder / "other.csv").write_text("a\n")
-    (folder / "third.csv").write_text("b\n")
-    beside = cache.read_beside(folder, warn=lambda text: None)
-    assert [name for name, *_ in beside.files] == ["data.csv", "other.csv", "third.csv"]
-    (folder / "data.csv").write_text("x,y\n6,6\n")  # the same size, other bytes
-    (folder / "other.csv").unlink()
-    (folder / "other.csv").symlink_to(tmp_path / "outside" / "id_ed25519")
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    (scratch / "third.csv").symlink_to(tmp_path / "outside" / "planted")  # dangling
-    warnings: list[str] = []
-    cache.copy_beside(beside, scratch, warnings.append)
-    assert sorted(os.listdir(scratch)) == ["third.csv"] and (scratch / "third.csv").is_symlink()
-    assert not (tmp_path / "outside" / "planted").exists()
-    [warning] = warnings
-    assert all(name in warning for name in ("data.csv", "other.csv", "third.csv")), warning
-    assert beside.digest != cache.read_beside(folder, warn=lambda text: None).digest
-
-
-def test_a_folder_of_20000_files_gives_its_posts_a_bounded_few(tmp_path: Path) -> None:
-    folder = tmp_path / "posts"
-    folder.mkdir()
-    for n in range(20_000):
-        os.close(os.open(folder / f"{n:05}.txt", os.O_CREAT | os.O_WRONLY))
-    warnings: list[str] = []
-    beside = cache.read_beside(folder, warnings.append)
-    assert len(beside.files) == cache.BESIDE_MAX_FILES == len(cache.files_beside(folder))
-    [warning] = warnings
-    assert f"{20_000 - cache.BESIDE_MAX_FILES} more" in warning and str(folder) in warning
-
-
-def test_the_files_beside_a_post_are_bounded_in_all(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "BESIDE_MAX_TOTAL", 25)
-    folder = tmp_path / "posts"
-    folder.mkdir()
-    for name in ("a", "b", "c"):
-        (folder / f"{name}.txt").write_text("x" * 10)
-    warnings: list[str] = []
-    beside = cache.read_beside(folder, warnings.append)
-    assert [name for name, *_ in beside.files] == ["a.txt", "b.txt"]
-    assert [p.name for p in cache.files_beside(folder)] == ["a.txt", "b.txt"]
-    [warning] = warnings
-    assert "c.txt (past 25 bytes in all)" in warning
-
-
 TZ_POST = "```python runner:env=sklearn\nimport os\nprint(os.environ.get('TZ'))\n```\n"
 
 
@@ -423,16 +289,3 @@ def test_a_cached_run_under_another_tz_runs_again(tmp_path: Path, project: Confi
     assert moved.snippets[0].output.stdout == "America/New_York\n"
     assert "America/New_York" in post.read_text()
 
-
-def test_a_files_mode_is_in_the_key(tmp_path: Path) -> None:
-    """A script beside a post, made executable or not, runs or fails: its mode decides."""
-    (tmp_path / "helper.sh").write_text("echo hi\n")
-    (tmp_path / "helper.sh").chmod(0o755)
-    executable = cache.read_beside(tmp_path)
-    (tmp_path / "helper.sh").chmod(0o644)
-    plain = cache.read_beside(tmp_path)
-    assert executable.digest != plain.digest
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    cache.copy_beside(executable, scratch, warn=pytest.fail)
-    assert (scratch / "helper.sh").stat().st_mode & 0o777 == 0o755  # as the key says

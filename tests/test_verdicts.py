@@ -43,15 +43,18 @@ def test_a_fingerprint_is_the_same_in_every_process_and_changes_with_what_decide
         replace(one, pattern=re.compile("a+")))  # flags count
 
 
-def test_options_that_change_an_outcome_name_another_verdict(project: Config) -> None:
+def test_options_that_change_an_outcome_name_another_verdict(
+        project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_SETTING", "1")  # passed on, the kernel gets it: another verdict
     base = open_verdicts(project, Options())
     assert base is not None
     for changed in (Options(timeout=5), Options(keep_going=True), Options(ignore_stamp=True),
-                    Options(mode="update"), Options(passenv=("HOME",))):
+                    Options(mode="update"), Options(passenv=("MY_SETTING",))):
         other = open_verdicts(project, changed)
         assert other is not None and other.decided_by != base.decided_by, changed
     for same in (Options(jobs=1), Options(cache=False), Options(warm=False),
-                 Options(shard=(1, 2)), Options(deadline=60)):
+                 Options(shard=(1, 2)), Options(deadline=60),
+                 Options(passenv=("UNSET_SETTING",))):  # nothing the kernel gets changes
         other = open_verdicts(project, same)
         assert other is not None and other.decided_by == base.decided_by, same
     for never in (Options(params=(("N", "1"),)), Options(check_determinism=True)):
