@@ -282,3 +282,30 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- what a file was when it was read ------------------------------------------------------
+
+Signature = list[int] | None  # a file's stat: device, inode, size, mtime, ctime (None: absent)
+RACY_NS = 2 * 10**9  # a file changed more recently than this is not vouched for
+
+
+def signature(path: Path | str, dir_fd: int | None = None) -> Signature:
+    """The file's stat as it is now (its own, never a link's target); None where absent."""
+    try:
+        info = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def seen(path: Path | str, dir_fd: int | None = None, renamed: bool = False) -> Signature:
+    """The file's `signature` as a reader sees it right before it reads it, to vouch later that
+    nothing changed since; None where it is absent, or changed within RACY_NS (as git's racily
+    clean files: where timestamps are coarse, a second write in the same tick keeps the same
+    stat). `renamed`: a file only ever replaced whole by a rename (a cache entry), whose new
+    inode tells any change however coarse the clock."""
+    sig = signature(path, dir_fd)
+    if sig is not None and not renamed and time.time_ns() - max(sig[3], sig[4]) < RACY_NS:
+        return None
+    return sig

@@ -16,10 +16,10 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.atomic import KINDS, NotAFile, read_regular, write_new
+from runner.atomic import KINDS, NotAFile, Signature, read_regular, seen, write_new
 from runner.markdown import POST_SUFFIXES
 
 
@@ -45,6 +45,8 @@ class Beside:
 
     folder: Path
     files: tuple[tuple[str, str, int], ...] = ()  # (name, sha256, permission bits), by name
+    # each file's `atomic.seen` right before its bytes were read (a verdict vouches by it)
+    seen: tuple[Signature, ...] = field(default=(), compare=False)
 
     @property
     def digest(self) -> str:
@@ -114,10 +116,12 @@ def read_beside(folder: Path, warn: Callable[[str], None] = print_warning) -> Be
     is data, and none is read."""
     names, left = _listing(folder)
     files = []
+    signatures = []
     total = 0
     with contextlib.suppress(OSError), _folder(folder) as handle:
         for name in names:
             try:
+                sig = seen(name, dir_fd=handle)  # before the read: see atomic.seen
                 data = read_regular(name, BESIDE_MAX_BYTES, follow_symlinks=False,
                                     dir_fd=handle)
                 mode = os.stat(name, dir_fd=handle, follow_symlinks=False).st_mode & 0o777
@@ -129,10 +133,11 @@ def read_beside(folder: Path, warn: Callable[[str], None] = print_warning) -> Be
                 continue
             total += len(data)
             files.append((name, hashlib.sha256(data).hexdigest(), mode))
+            signatures.append(sig)
     if left:
         more = f" and {len(left) - _SHOWN} more" if len(left) > _SHOWN else ""
         warn(f"{folder}: not given to its posts' snippets: {', '.join(left[:_SHOWN])}{more}")
-    return Beside(folder, tuple(files))
+    return Beside(folder, tuple(files), tuple(signatures))
 
 
 def copy_beside(beside: Beside, scratch: Path, warn: Callable[[str], None] = print_warning) -> None:

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from runner.report import PostOutcome
 
 
+def say(text: str) -> None:
+    """A line on stderr; what it names (a post, a file, an error) shown as it is."""
+    print(f"runner: {visible(text)}", file=sys.stderr, flush=True)
+
+
 class RunProgress:
     """`on_post_done` for `run_posts`: a line (or the bar's step) per post as it is settled."""
 

@@ -3,10 +3,12 @@ plugin and any Python caller (`from runner import run_posts`).
 
 It reads as its stages, each a small function passing its result on (nox's workflow):
 
-    read_and_plan -> shard -> look_up_cache -> build_envs -> execute -> settle
+    read_and_plan -> shard -> look_up_cache -> execute -> store -> by_post -> conclude
 
 A post that passed before, unchanged with all it was decided from, is replayed from its
 verdict (`runner.verdicts`) in read_and_plan: it is never parsed, looked up, run or rendered.
+Where kernels run is the backend's business (`runner.backend`; `runner.local` by default):
+the run only hands it sessions and gets results back.
 
 Exceptions stay inside a stage: a post that cannot be read, an env that cannot be built, a
 kernel that dies, each becomes a result with a status at the stage's edge. Only a wrong call
@@ -16,151 +18,99 @@ kernel that dies, each becomes a result with a status at the stage's edge. Only 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import heapq
 import os
-import re
-import signal
-import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
-from runner import cache, compare, decides, envs, images, markdown, parameters, plan, posts, report
+from runner import cache, decides, markdown, parameters, plan, posts, report
 from runner import verdicts as verdict_store
+from runner.atomic import Signature, seen
+from runner.backend import Backend
 from runner.beside import Beside, read_beside
 from runner.config import Config, load
-from runner.errors import EnvError, PostError, RunnerError, UsageError
-from runner.markdown import split_lines
-from runner.model import (
-    EnvSpec,
-    ErrorInfo,
-    ErrorKind,
-    Output,
-    Post,
-    Session,
-    Snippet,
-    SnippetResult,
-)
-from runner.portable import moved
-from runner.report import PostOutcome, Run, post_key
-from runner.visible import visible
-from runner.writeback import (
-    RenderOptions,
-    figure_folder,
-    output_block,
-    snippet_figure_links,
-    stamp,
-    stamp_value,
-)
+from runner.errors import PostError
+from runner.local import LocalBackend
+from runner.model import Session, SnippetResult
+from runner.options import Mode, Options, passenv, snippet_timeout
+from runner.progress import say
+from runner.report import PostOutcome, Run
+from runner.settle import Planned, check_determinism, explain_split, settle
+from runner.writeback import RenderOptions, figure_folder
 
-if TYPE_CHECKING:
-    from runner.warm import ForkServers
+__all__ = ["Mode", "Options", "Planned", "async_run_posts", "run_posts", "say"]
 
-Mode = Literal["verify", "update"]
-SESSION_START_S = 0.2  # a kernel's start and stop, in no snippet's duration (for shards)
-POST_S = 0.01  # reading, planning and settling a post (for shards)
-NO_SANDBOX = "RUNNER_NO_SANDBOX"  # set: kernels run with limits only (to measure the sandbox)
 OnPostDone = Callable[[PostOutcome, int, int], None]  # (outcome, posts done, posts in the run)
 
 
 @dataclass(frozen=True)
-class Options:
-    """How to run. The defaults are `python -m runner verify`'s."""
-
-    mode: Mode = "verify"  # update: write the fresh output into posts that are stale
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # sessions at once
-    timeout: float | None = None  # seconds per snippet; None: [tool.runner] timeout
-    cache: bool = True  # read the execution cache (results are stored either way)
-    warm: bool = True  # fork kernels from a warm server per env
-    deadline: float | None = None  # seconds for the whole run
-    params: tuple[tuple[str, str], ...] = ()  # parameter overrides, (NAME, python literal)
-    shard: tuple[int, int] | None = None  # (K, N): run only the K-th of N slices
-    durations: Path | None = None  # an earlier run's JSON report: shards balanced by time
-    check_determinism: bool = False  # run every session twice; differing output fails
-    passenv: tuple[str, ...] = ()  # more variables kernels may see, beyond [tool.runner]'s
-    require_sandbox: bool = False  # no sandbox for kernels here: a UsageError, not a warning
-    keep_going: bool = False  # a failing snippet does not stop its session
-    ignore_stamp: bool = False  # verify: a post whose only difference is its `verified_by`
-    # stamp (a re-lock changed a lock hash) passes, reported as `stamp_stale`
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A post read and planned: its sessions, or the error that stopped it."""
-
-    path: Path
-    post: Post | None = None
-    sessions: tuple[Session, ...] = ()
-    error: PostError | None = None
-    replayed: PostOutcome | None = None  # its verdict: passed before, nothing changed since
-
-    def runnable(self) -> list[tuple[str, Snippet]]:
-        """(env, snippet) of each snippet that runs (not `runner:skip`), planned or replayed."""
-        if self.replayed is not None:
-            return [(r.env, r.snippet) for r in self.replayed.snippets
-                    if r.snippet.markers.skip is None]
-        return [(session.env, s) for session in self.sessions for s in session.snippets
-                if s.markers.skip is None]
-
-    @property
-    def weight(self) -> int:
-        """What a shard balances: the post's runnable snippets (and the post itself)."""
-        return 1 + len(self.runnable())
-
-    def seconds(self, durations: Mapping[tuple[str, int], float], average: float) -> float:
-        """What a shard balances by time: each session's start, and each runnable snippet's
-        duration in `durations` (keyed by `report.post_key` and fence line), else `average`."""
-        key, runnable = post_key(self.path), self.runnable()
-        return (POST_S + SESSION_START_S * len({env for env, _ in runnable})
-                + sum(durations.get((key, s.line), average) for _, s in runnable))
-
-
-@dataclass(frozen=True)
 class Job:
-    """A session, the post it belongs to (its index in the run), its cache key, and its results
-    when the execution cache has them (then it is not run)."""
+    """A session, the post it belongs to (its index in the run), its cache key and the files
+    beside its post it was keyed by, and its results when the execution cache has them (then
+    it is not run)."""
 
     post: int
     session: Session
     key: str
+    beside: Beside
     hit: tuple[SnippetResult, ...] | None = None
-    beside: Beside | None = None  # the files beside the post its kernel gets copies of
+    seen: Signature = None  # its cache entry as read (a hit) or as stored (for the verdict)
+    stored: bool = False  # this run stored its results
+
+
+Done = tuple[Job, tuple[SnippetResult, ...]]  # a job and the results of its session
+
+
+@dataclass(frozen=True)
+class Settling:
+    """A post whose sessions have all ended: their jobs and results (by fence line)."""
+
+    index: int
+    jobs: tuple[Job, ...] = ()
+    results: tuple[SnippetResult, ...] = ()
 
 
 def run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
-              options: Options | None = None, on_post_done: OnPostDone | None = None) -> Run:
+              options: Options | None = None, on_post_done: OnPostDone | None = None,
+              backend: Backend | None = None) -> Run:
     """Run the posts (files, or folders of posts; none: the project's posts/) and return the
-    outcome of each. In the main thread, SIGINT and SIGTERM stop the run at once: its kernels
-    and folders are removed and the process exits 128 + the signal (no post is half-written)."""
-    return asyncio.run(async_run_posts(paths, config, options, on_post_done))
+    outcome of each. `backend`: where kernels run (None: this machine, `local.LocalBackend`).
+    In the main thread, SIGINT and SIGTERM stop a local run at once: its kernels and folders
+    are removed and the process exits 128 + the signal (no post is half-written)."""
+    return asyncio.run(async_run_posts(paths, config, options, on_post_done, backend))
 
 
 async def async_run_posts(paths: Iterable[str | Path] = (), config: Config | None = None,
-                          options: Options | None = None,
-                          on_post_done: OnPostDone | None = None) -> Run:
+                          options: Options | None = None, on_post_done: OnPostDone | None = None,
+                          backend: Backend | None = None) -> Run:
     """`run_posts` inside a running event loop."""
     started = time.monotonic()
     config = config or load(Path.cwd())
     options = options or Options()
-    verdicts = open_verdicts(config, options)
+    backend = backend or LocalBackend(config, options)
+    inputs = run_inputs(config, options, backend)
+    verdicts = open_verdicts(config, options, inputs)
     planned = shard(read_and_plan(post_paths(paths, config), config, options, verdicts),
                     options.shard, shard_durations(options))
-    jobs = look_up_cache(planned, config, options, verdicts)
-    built = await build_envs(jobs, config)
-    tally = _Tally(planned, jobs, config, options, on_post_done, verdicts)
-    await execute(jobs, built, config, options, tally.session_done)
+    jobs = look_up_cache(planned, config, options, inputs)
+    settling = by_post(planned, jobs, store(execute(jobs, backend), config, options))
     if options.check_determinism:
-        tally.second_pass()
-        await execute(jobs, built, config, replace(options, cache=False), tally.session_done)
-    if tally.stored:
-        sweep_cache(config, verdicts, chain.from_iterable(tally.entries.values()))
-    return Run(tally.outcomes(), time.monotonic() - started)
+        settling = again(planned, jobs, backend, settling, render_options(config))
+    outcomes: dict[int, PostOutcome] = {}
+    ended: list[Job] = []
+    async for post in settling:  # each as soon as its last session ends
+        outcomes[post.index] = conclude(planned[post.index], post, config, options, verdicts)
+        ended += post.jobs
+        if on_post_done is not None:
+            on_post_done(outcomes[post.index], len(outcomes), len(planned))
+    if any(job.stored for job in ended):
+        sweep_cache(config, verdicts, [cache.entry(config.cache_dir, job.key) for job in ended])
+    return Run(tuple(outcomes[index] for index in range(len(planned))),
+               time.monotonic() - started)
 
 
 # --- the stages --------------------------------------------------------------------------------
@@ -172,36 +122,35 @@ def post_paths(paths: Iterable[str | Path], config: Config) -> list[Path]:
     return posts.find(given or [posts.relative(config.posts)])
 
 
-def run_inputs(config: Config, options: Options) -> decides.Inputs:
-    """What decides every session's results in this run, beyond each session's own."""
-    passenv = _passenv(config, options)
-    return decides.Inputs({name: decides.kernel_inputs(spec, passenv)
-                           for name, spec in config.envs.items()}, _timeout(config, options))
+def run_inputs(config: Config, options: Options,
+               backend: Backend | None = None) -> decides.Inputs:
+    """What decides every session's results in this run, beyond each session's own: what
+    the backend's kernels of each env are given (default: the local backend's), the timeout."""
+    kernels = backend.decides if backend is not None else (
+        lambda spec: decides.kernel_inputs(spec, passenv(config, options)))
+    return decides.Inputs({name: kernels(spec) for name, spec in config.envs.items()},
+                          snippet_timeout(config, options))
 
 
-def open_verdicts(config: Config, options: Options) -> verdict_store.Verdicts | None:
-    """The run's verdicts (in the execution cache's folder), decided by the configuration and
-    the options that change an outcome; None where a run neither replays nor keeps them
-    (parameters given, `--check-determinism`)."""
+def open_verdicts(config: Config, options: Options,
+                  inputs: decides.Inputs | None = None) -> verdict_store.Verdicts | None:
+    """The run's verdicts (in the execution cache's folder), decided by all that decides its
+    sessions (`inputs`), the configuration and the options that change an outcome; None where
+    a run neither replays nor keeps them (parameters given, `--check-determinism`)."""
     if options.params or options.check_determinism:
         return None
     outcome = [verdict_store.fingerprint(config), options.mode, options.keep_going,
                options.ignore_stamp]
-    basis = decides.verdict_basis(run_inputs(config, options), outcome)
+    basis = decides.verdict_basis(inputs or run_inputs(config, options), outcome)
     return verdict_store.Verdicts(config.cache_dir / "verdicts", basis)
 
 
 def read_and_plan(paths: Sequence[Path], config: Config, options: Options,
                   verdicts: verdict_store.Verdicts | None = None) -> list[Planned]:
-    """Each post read and planned, or replayed from its verdict (with the cache on). The files
-    beside a planned post are seen for its verdict now, before they are read."""
+    """Each post read and planned, or replayed from its verdict (with the cache on)."""
     overrides = parameters.parse_overrides([f"{k}={v}" for k, v in options.params])
     replay = verdicts if options.cache else None
-    planned = [_plan_one(path, config, overrides, options, replay) for path in paths]
-    for item in planned:
-        if verdicts is not None and item.post is not None:
-            verdicts.see_beside(item.path.parent)
-    return planned
+    return [_plan_one(path, config, overrides, options, replay) for path in paths]
 
 
 def _plan_one(path: Path, config: Config, overrides: dict[str, str], options: Options,
@@ -211,7 +160,7 @@ def _plan_one(path: Path, config: Config, overrides: dict[str, str], options: Op
         replayed = verdicts.replay(path, text) if verdicts is not None else None
         if replayed is not None:
             return Planned(path, replayed=replayed)
-        post = plan.capped(markdown.parse(str(path), text), _timeout(config, options))
+        post = plan.capped(markdown.parse(str(path), text), snippet_timeout(config, options))
         sessions = plan.plan(post, config.envs, config.import_names)
         plan.check_network(post, sessions, config.envs, config.grants_network(path))
     except PostError as exc:
@@ -265,92 +214,123 @@ def shard(planned: list[Planned], part: tuple[int, int] | None,
 
 
 def look_up_cache(planned: list[Planned], config: Config, options: Options,
-                  verdicts: verdict_store.Verdicts | None = None) -> list[Job]:
-    """Every session as a job with its cache key and, with the cache on (and no determinism
-    check), the results stored for it: a hit builds no env and starts no kernel (its entry
-    seen for the post's verdict before it is read)."""
+                  inputs: decides.Inputs | None = None) -> list[Job]:
+    """Every session as a job with its cache key (`decides.session_key`, from the files
+    beside its post as read now) and, with the cache on (and no determinism check), the
+    results stored for it: a hit builds no env and starts no kernel. Its entry is seen before
+    it is read (`atomic.seen`: what the post's verdict vouches by)."""
     read = options.cache and not options.check_determinism
-    jobs = []
+    inputs = inputs or run_inputs(config, options)
     beside: dict[Path, Beside] = {}  # once per folder
-    inputs = run_inputs(config, options)
+    jobs = []
     for index, item in enumerate(planned):
         folder = item.path.parent
         if item.sessions and folder not in beside:
             beside[folder] = read_beside(folder, say)
         for session in item.sessions:
             key = decides.session_key(session, inputs, beside[folder].digest)
-            if verdicts is not None and read:
-                verdicts.see(cache.entry(config.cache_dir, key), renamed=True)
+            entry = seen(cache.entry(config.cache_dir, key), renamed=True) if read else None
             hit = cache.load(config.cache_dir, key, session, say) if read else None
-            jobs.append(Job(index, session, key, hit, beside[folder]))
+            jobs.append(Job(index, session, key, beside[folder], hit, entry))
     return jobs
 
 
-async def build_envs(jobs: Sequence[Job], config: Config) -> dict[str, envs.BuiltEnv | EnvError]:
-    """Each env the jobs need, built (once, in a thread: uv does the work) or its error."""
-    built: dict[str, envs.BuiltEnv | EnvError] = {}
-    for name in sorted({job.session.env for job in jobs if job.hit is None}):
-        try:
-            built[name] = await asyncio.to_thread(envs.build, config.envs[name], say)
-        except EnvError as exc:
-            built[name] = exc
-    return built
-
-
-async def execute(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError],
-                  config: Config, options: Options,
-                  done: Callable[[Job, tuple[SnippetResult, ...]], None]) -> None:
-    """Run the jobs that are not cache hits, `options.jobs` at a time, each in a kernel of its
-    env (forked from the env's warm server where two or more sessions share the env); `done`
-    gets each job's results as it ends (and stores them: `_Tally.session_done`)."""
-    jobs = [job for job in jobs if job.hit is None]
-    if not jobs:  # all cached (or nothing to run): no run folder, no servers, no sandbox probe
+async def execute(jobs: Sequence[Job], backend: Backend) -> AsyncIterator[Done]:
+    """Each job with its results as it ends: the cache's hits first, then the others, all
+    handed to the backend at once (it bounds how many run together). The backend is
+    prepared only when something runs, and closed however the run ends."""
+    for job in jobs:
+        if job.hit is not None:
+            yield job, job.hit
+    misses = [job for job in jobs if job.hit is None]
+    if not misses:  # all cached (or nothing to run): no env, no process, no folder
         return
-    servers = _start_servers(jobs, built, config, options)  # they import ipykernel meanwhile
-    # Kernels are imported only now (jupyter_client, nbclient, zmq: a fifth of a second), so a
-    # run that the cache answers whole stays instant.
+
+    async def run(job: Job) -> Done:
+        return job, await backend.run(job.session, job.beside)
+
     try:
-        from runner.execute import Deadline, KernelSetup, OutputLimits, kernels_stopped
-        from runner.execute import run_session as _run_session
-    except BaseException:
-        servers.close()
-        raise
+        await backend.prepare([job.session for job in misses])
+        for finished in asyncio.as_completed([run(job) for job in misses]):
+            yield await finished
+    finally:
+        await backend.close()
 
-    # `jobs` kernels run cells; one more gets ready meanwhile (launch, handshake), so a
-    # session's start overlaps the cells before it (RUNNER_NO_PRESTART=1: not, for the bench).
-    ahead = 0 if os.environ.get("RUNNER_NO_PRESTART") else 1
-    alive, turn = asyncio.Semaphore(options.jobs + ahead), asyncio.Semaphore(options.jobs)
-    deadline = (Deadline(time.monotonic() + options.deadline, options.deadline)
-                if options.deadline else None)
-    setups = {name: KernelSetup(_timeout(config, options), servers.kernels_dir(name),
-                                tuple(envs.kernel_env(env, _passenv(config, options)).items()),
-                                servers.folder, stop_in_background=True,
-                                sandbox=servers.bwrap is not None,
-                                output=OutputLimits(config.max_output_bytes,
-                                                    config.max_line_chars))
-              for name, env in built.items() if isinstance(env, envs.BuiltEnv)}
 
-    async def one(job: Job) -> None:
-        env = built[job.session.env]
-        if isinstance(env, EnvError):
-            done(job, _all_failed(job.session, ErrorKind.ENV, env.message))
-            return
-        async with alive:
-            if deadline is not None and time.monotonic() >= deadline.at:
-                results = _all_failed(job.session, ErrorKind.DEADLINE, f"the run's deadline of "
-                                      f"{deadline.seconds:g} s passed before this ran")
-            else:
-                await servers.ready(job.session.env)
-                results = await _run_session(job.session, env, setups[env.spec.name], deadline,
-                                             turn, job.beside)
-        done(job, results)
+async def store(finished: AsyncIterator[Done], config: Config,
+                options: Options) -> AsyncIterator[Done]:
+    """The results of each session that ran, kept in the execution cache when they passed
+    (not with a determinism check); the job then holds its entry as stored."""
+    async for job, results in finished:
+        if job.hit is None and not options.check_determinism:
+            stored = cache.store(config.cache_dir, job.key, results, say)
+            entry = cache.entry(config.cache_dir, job.key)
+            job = replace(job, stored=stored, seen=seen(entry, renamed=True) if stored else None)
+        yield job, results
 
-    with _SignalStop(servers):
-        try:
-            await asyncio.gather(*(one(job) for job in jobs))
-        finally:
-            await kernels_stopped()
-            servers.close()
+
+async def by_post(planned: Sequence[Planned], jobs: Sequence[Job],
+                  finished: AsyncIterator[Done]) -> AsyncIterator[Settling]:
+    """Each post as soon as its last session has ended; a post with none (replayed, not
+    readable, nothing to run) at once."""
+    left = Counter(job.post for job in jobs)
+    for index in range(len(planned)):
+        if not left[index]:
+            yield Settling(index)
+    done: dict[int, list[Done]] = defaultdict(list)
+    async for job, results in finished:
+        done[job.post].append((job, results))
+        left[job.post] -= 1
+        if not left[job.post]:
+            ended = done.pop(job.post)
+            yield Settling(job.post, tuple(j for j, _ in ended),
+                           tuple(sorted(chain.from_iterable(r for _, r in ended),
+                                        key=lambda r: r.snippet.line)))
+
+
+async def again(planned: Sequence[Planned], jobs: Sequence[Job], backend: Backend,
+                first: AsyncIterator[Settling],
+                options: RenderOptions) -> AsyncIterator[Settling]:
+    """`--check-determinism`: once every session has run, each runs again; a snippet whose
+    output differs between the two runs fails (`settle.check_determinism`, by fence line)."""
+    before = {post.index: post async for post in first}
+    async for post in by_post(planned, jobs, execute(jobs, backend)):
+        item = planned[post.index]
+        if item.post is None:
+            yield post
+            continue
+        results = check_determinism(item.post, before[post.index].results, post.results,
+                                    options)
+        yield replace(post, results=tuple(results))
+
+
+def conclude(item: Planned, post: Settling, config: Config, options: Options,
+             verdicts: verdict_store.Verdicts | None) -> PostOutcome:
+    """A post's outcome (`settle.settle`: compared with a fresh rendering, written in update
+    mode), and its verdict kept when it passed (else forgotten)."""
+    if item.replayed is not None:
+        return item.replayed
+    results = post.results
+    if item.post is not None:
+        results = tuple(explain_split(item.post, item.sessions, r) for r in results)
+    figures = item.path.parent / figure_folder(str(item.path), config.figures)
+    drawn = verdict_store.figures_seen(figures)  # before they are compared
+    outcome = settle(item, results, config, options.mode, render_options(config),
+                     ignore_stamp=options.ignore_stamp)
+    if verdicts is None or item.post is None:
+        return outcome
+    if outcome.status != "passed" or outcome.written or outcome.fresh is None:
+        verdicts.forget(item.path)
+    else:
+        entries = [(cache.entry(config.cache_dir, job.key), job.seen) for job in post.jobs]
+        verdicts.keep(item.path, item.post.text, outcome, entries,
+                      post.jobs[0].beside if post.jobs else None, drawn)
+    return outcome
+
+
+def render_options(config: Config) -> RenderOptions:
+    return RenderOptions(config.patterns, config.max_output_lines, config.tolerance,
+                         config.figures)
 
 
 def sweep_cache(config: Config, verdicts: verdict_store.Verdicts | None,
@@ -368,357 +348,3 @@ def sweep_cache(config: Config, verdicts: verdict_store.Verdicts | None,
     cache.sweep(config.cache_dir, used | named, now)
 
 
-# --- settling each post ------------------------------------------------------------------------
-
-
-class _Tally:
-    """Results as sessions end; a post is settled (compared, written in update mode) as soon
-    as its last session has ended in the run's last pass."""
-
-    def __init__(self, planned: list[Planned], jobs: Sequence[Job], config: Config,
-                 options: Options, on_post_done: OnPostDone | None,
-                 verdicts: verdict_store.Verdicts | None = None) -> None:
-        self.planned, self.jobs, self.config, self.options = planned, jobs, config, options
-        self.on_post_done, self.verdicts = on_post_done, verdicts
-        self.entries: dict[int, list[Path]] = {}  # each post's sessions' cache entries
-        for job in jobs:
-            self.entries.setdefault(job.post, []).append(cache.entry(config.cache_dir, job.key))
-        self.results: list[list[SnippetResult]] = [[] for _ in planned]
-        self.first: list[list[SnippetResult]] = []  # the first pass, with --check-determinism
-        self.settled: dict[int, PostOutcome] = {}
-        self.final = not options.check_determinism
-        self.stored = 0  # sessions whose results this run stored
-        self._count_sessions()
-
-    def _count_sessions(self) -> None:
-        self.remaining = Counter(job.post for job in self.jobs)
-        for job in self.jobs:
-            if job.hit is not None and self.final:
-                self.session_done(job, job.hit)
-        if self.final:
-            for index in range(len(self.planned)):
-                if index not in self.settled and not self.remaining[index]:
-                    self._settle(index)
-
-    def second_pass(self) -> None:
-        self.first, self.results = self.results, [[] for _ in self.planned]
-        self.final = True
-        self._count_sessions()
-
-    def session_done(self, job: Job, results: tuple[SnippetResult, ...]) -> None:
-        """A session's results: stored in the cache when it ran (not with a determinism
-        check), and the post settled once all its sessions are in."""
-        if job.hit is None and not self.options.check_determinism:
-            stored = cache.store(self.config.cache_dir, job.key, results, say)
-            self.stored += stored
-            if self.verdicts is not None:
-                entry = cache.entry(self.config.cache_dir, job.key)
-                if stored:
-                    self.verdicts.see(entry, renamed=True)
-                else:  # not this run's results: the post's verdict is not kept
-                    self.verdicts.unseen(entry)
-        self.results[job.post] += results
-        self.remaining[job.post] -= 1
-        if self.final and not self.remaining[job.post]:
-            self._settle(job.post)
-
-    def _settle(self, index: int) -> None:
-        item = self.planned[index]
-        if item.replayed is not None:
-            self._done(index, item.replayed)
-            return
-        results = sorted(self.results[index], key=lambda r: r.snippet.line)
-        post = item.post
-        if self.first and post is not None:
-            results = check_determinism(post, self.first[index], results,
-                                        self._render_options())
-        if post is not None:
-            results = [explain_split(post, item.sessions, r) for r in results]
-        if self.verdicts is not None and post is not None:
-            self.verdicts.see_figures(self._figures(item.path))  # before they are compared
-        outcome = settle(item, tuple(results), self.config, self.options.mode,
-                         self._render_options(), ignore_stamp=self.options.ignore_stamp)
-        self._keep_verdict(index, outcome)
-        self._done(index, outcome)
-
-    def _keep_verdict(self, index: int, outcome: PostOutcome) -> None:
-        """A passed post's verdict, with the cache entries of its sessions' results; any other
-        outcome forgets the post's verdict."""
-        item = self.planned[index]
-        if self.verdicts is None or item.post is None:
-            return
-        if outcome.status != "passed" or outcome.written or outcome.fresh is None:
-            self.verdicts.forget(item.path)
-            return
-        self.verdicts.keep(item.path, item.post.text, outcome, self.entries.get(index, []),
-                           self._figures(item.path))
-
-    def _figures(self, post: Path) -> Path:
-        return post.parent / figure_folder(str(post), self.config.figures)
-
-    def _done(self, index: int, outcome: PostOutcome) -> None:
-        self.settled[index] = outcome
-        if self.on_post_done is not None:
-            self.on_post_done(outcome, len(self.settled), len(self.planned))
-
-    def _render_options(self) -> RenderOptions:
-        return RenderOptions(self.config.patterns, self.config.max_output_lines,
-                             self.config.tolerance, self.config.figures)
-
-    def outcomes(self) -> tuple[PostOutcome, ...]:
-        return tuple(self.settled[index] for index in range(len(self.planned)))
-
-
-def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mode: Mode,
-           options: RenderOptions, ignore_stamp: bool = False) -> PostOutcome:
-    """A post's outcome from its results: failed, or compared with a fresh rendering (verify)
-    and written when it differs (update). A post whose bytes on disk are no longer those
-    parsed at the start is an error, never passed nor stale: its results may not be its
-    own (update: `posts.replace` refuses to write it, under its lock). `ignore_stamp` (verify):
-    the recorded post is compared as if it had the fresh stamp; a stamp that differs is
-    `stamp_stale`, not stale."""
-    path = str(item.path)
-    if item.error is not None or item.post is None:
-        error = item.error or PostError("not parsed", path)
-        return PostOutcome(path, "error", error.message, error.line)
-    given = item.sessions[0].overrides if item.sessions else ()
-    if any(r.status == "failed" for r in results):
-        return PostOutcome(path, "failed", parameters=given, snippets=results)
-    if given:  # a run with other parameters prints other output: neither compared nor written
-        return (_changed_on_disk(item.path, item.post.text, results)
-                or PostOutcome(path, "passed", parameters=given, snippets=results))
-    outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
-                                  if r.status == "passed"}
-    verified_by = stamp_value(item.sessions, config.envs)
-    stamped = stamp(item.post.text, verified_by)
-    forged = _stamp_misread(path, stamped, verified_by)
-    if forged is not None:
-        return PostOutcome(path, "error", forged[0], forged[1], snippets=results)
-    gained = len(split_lines(stamped)) - len(split_lines(item.post.text))
-    if gained:  # a first stamp: every snippet moves down, and the lines its output names
-        outputs = {line: moved(output, item.sessions[0].post, gained)
-                   for line, output in outputs.items()}
-    try:
-        fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
-    except PostError as exc:  # a figure folder or figure that is a symlink
-        return PostOutcome(path, "error", exc.message, exc.line, snippets=results)
-    recorded = item.post.text
-    if ignore_stamp and mode == "verify":
-        recorded = stamp(item.post.text, verified_by)  # as if it had the fresh stamp
-    done = PostOutcome(path, "passed", snippets=results, fresh=fresh,
-                       stamp_stale=recorded != item.post.text)
-    if not fresh.differs(recorded):
-        return _changed_on_disk(item.path, item.post.text, results) or done
-    if mode == "verify":
-        stale = replace(done, status="stale",
-                        diff=unified_diff(path, recorded, fresh.text) + fresh.notes())
-        return _changed_on_disk(item.path, item.post.text, results) or stale
-    try:
-        posts.write_fresh(item.path, item.post.text, fresh)
-    except RunnerError as exc:
-        return replace(done, status="error", error=exc.message, error_line=exc.line)
-    except OSError as exc:
-        return replace(done, status="error", error=f"cannot write: {exc.strerror or exc}")
-    return replace(done, written=True)
-
-
-def _stamp_misread(path: str, stamped: str, value: str) -> tuple[str, int | None] | None:
-    """Why the stamp, written where `stamp` writes it (the first line that starts with
-    `verified_by:`), is not what YAML reads as the post's `verified_by` (such a line inside a
-    multi-line value, and the key itself further down: a site would show that one), with the
-    line; None when it is (or the post has no front matter: no stamp is written)."""
-    if not value or not markdown.body_start(split_lines(stamped)):
-        return None
-    try:
-        read = markdown.front_matter(path, stamped).get("verified_by")
-    except PostError as exc:
-        return f"front matter: the verified_by stamp breaks it: {exc.message}", exc.line
-    if read == value:
-        return None
-    line = next((number for number, text in enumerate(split_lines(stamped), 1)
-                 if text.startswith("verified_by:")), None)
-    return ("front matter: YAML does not read the verified_by stamp where the runner writes it "
-            "(a line starting `verified_by:` inside another value?): make `verified_by` a "
-            "top-level key of its own line"), line
-
-
-def _changed_on_disk(path: Path, parsed: str,
-                     results: tuple[SnippetResult, ...]) -> PostOutcome | None:
-    """An error outcome when the post on disk is no longer the text parsed at the start (or
-    can no longer be read); None when it is unchanged."""
-    try:
-        unchanged = posts.read(path) == parsed
-    except PostError as exc:
-        return PostOutcome(str(path), "error", exc.message, exc.line, snippets=results)
-    if unchanged:
-        return None
-    return PostOutcome(str(path), "error", "changed on disk during the run: run again",
-                       snippets=results)
-
-
-def explain_split(post: Post, sessions: tuple[Session, ...],
-                  result: SnippetResult) -> SnippetResult:
-    """A NameError in a post split over envs names where the name was defined, and why the
-    post was split: the name lives in another kernel."""
-    error = result.error
-    found = re.match(r"name '(\w+)' is not defined", error.message) if error else None
-    if error is None or found is None or not any(s.split for s in sessions):
-        return result
-    place = plan.defined_elsewhere(post, sessions, found[1], result.snippet.line)
-    if place is None:
-        return result
-    split = next(s.split for s in sessions if s.split)
-    message = (f"{error.message} here; it is defined at line {place[0]}, which runs in env "
-               f"'{place[1]}': {split}")
-    return replace(result, error=replace(error, message=message))
-
-
-def check_determinism(post: Post, first: Sequence[SnippetResult],
-                      second: Sequence[SnippetResult],
-                      options: RenderOptions) -> list[SnippetResult]:
-    """A snippet whose output differs between two runs of the same code fails, with the lines
-    (the blocks as the post would record them, figure links included) or, where only pixels
-    differ, what differs in which figure. Results are paired by fence line (sessions end in
-    any order)."""
-    again = {r.snippet.line: r for r in second}
-    return [_compare_runs(post, a, again[a.snippet.line], options) for a in
-            sorted(first, key=lambda r: r.snippet.line)]
-
-
-def _compare_runs(post: Post, a: SnippetResult, b: SnippetResult,
-                  options: RenderOptions) -> SnippetResult:
-    markers = a.snippet.markers
-    if not a.status == b.status == "passed" or not markers.record_output:
-        return a  # runner:output=none: nothing recorded, nothing to compare
-    old, new = ("".join(output_block(a.snippet, r.output, "\n", options,
-                                     snippet_figure_links(post, a.snippet, r.output)))
-                for r in (a, b))
-    drawn = zip(a.output.images(), b.output.images(), strict=False)
-    pictures = [f"figure {n}: {why}" for n, (x, y) in enumerate(drawn, 1)
-                if (why := images.difference(x, y))]
-    tolerance = options.tolerance if markers.tolerance is None else markers.tolerance
-    if not pictures and (old == new or compare.blocks_match(
-            old.splitlines(), new.splitlines(), tolerance, markers.unordered)):
-        return a  # the same, or within the snippet's rules (runner:tolerance, unordered)
-    lines = [f"{x!r} then {y!r}" for x, y in zip(old.splitlines(), new.splitlines(),
-                                                 strict=False) if x != y]
-    message = "output differs between two runs: " + (lines or pictures)[0]
-    diff = unified_diff(a.snippet.path, old, new) + "".join(f"{p}\n" for p in pictures)
-    return replace(a, status="failed",
-                   error=ErrorInfo(ErrorKind.NONDETERMINISTIC, message, a.snippet.line, diff))
-
-
-def unified_diff(path: str, old: str, new: str) -> str:
-    diff = "".join(difflib.unified_diff(old.splitlines(keepends=True),
-                                        new.splitlines(keepends=True),
-                                        f"{path} (recorded)", f"{path} (fresh run)"))
-    if old != new and not diff:  # e.g. only a missing final newline
-        return "(the post's text differs from a fresh rendering)\n"
-    return diff
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _start_servers(jobs: Sequence[Job], built: dict[str, envs.BuiltEnv | EnvError],
-                   config: Config, options: Options) -> ForkServers:
-    """This run's kernelspecs; with `warm`, a fork server for each env that two or more
-    sessions use (a single session gains nothing from one)."""
-    from runner.forkserver import outbound_available
-    from runner.warm import ForkServers, network_isolation
-
-    servers = ForkServers()
-    ready = [env for env in built.values() if isinstance(env, envs.BuiltEnv)]
-    if ready:
-        servers.bwrap = _sandbox(ready[0], servers, options)
-    if (any(not job.session.network for job in jobs) and ready and servers.bwrap is None
-            and not network_isolation(ready[0].python)):
-        say("network for snippets cannot be turned off here (no network namespaces): "
-            "snippets may reach the network")
-    if (servers.bwrap is not None and any(job.session.network for job in jobs)
-            and not outbound_available()):
-        say("posts granted the network get loopback only: slirp4netns, their way out of the "
-            "sandbox, is not installed (apt-get install slirp4netns), or /dev/net/tun is not "
-            "this user's to open")
-    sessions = Counter(job.session.env for job in jobs)
-    for env in ready:
-        if options.warm and sessions[env.spec.name] > 1:
-            servers.start(env, envs.kernel_env(env, _passenv(config, options)),
-                          _preload(env.spec, jobs))
-        else:
-            servers.plain(env)
-    return servers
-
-
-def _sandbox(env: envs.BuiltEnv, servers: ForkServers, options: Options) -> str | None:
-    """bubblewrap, where a sandbox can be made here; else one line saying so (or, with
-    `require_sandbox`, a UsageError)."""
-    from runner import sandbox
-
-    found = (sandbox.Sandbox(None, "RUNNER_NO_SANDBOX is set") if os.environ.get(NO_SANDBOX)
-             else sandbox.probe(env, servers.folder))
-    if found.bwrap is None:
-        if options.require_sandbox:
-            servers.close()
-            raise UsageError(f"no sandbox for kernels: {found.reason} (--require-sandbox)")
-        say(f"no sandbox for kernels: {found.reason}; they run with limits only")
-        return None
-    line = sandbox.limits_line()
-    if "RLIMIT" in line:
-        say(line)
-    return found.bwrap
-
-
-def _preload(spec: EnvSpec, jobs: Sequence[Job]) -> list[str]:
-    """The env's preload modules that at least two of this run's sessions import: imported
-    once for them all; no session waits for a module that at most one of them needs."""
-    imports = Counter(name for job in jobs if job.session.env == spec.name
-                      for name in {n for s in job.session.snippets
-                                   for n in plan.third_party_imports(s.code)})
-    return [module for module in spec.preload if imports[module.split(".")[0]] > 1]
-
-
-class _SignalStop:
-    """Ctrl-C or SIGTERM (main thread only): stop at once. Kernels and launchers see the
-    runner go and end themselves and their children; fork servers and the run's folder are
-    removed here. No post is half-written: each is written in one rename."""
-
-    def __init__(self, servers: ForkServers) -> None:
-        self.servers = servers
-        self.signals = (signal.SIGINT, signal.SIGTERM)
-        self.installed = threading.current_thread() is threading.main_thread()
-
-    def __enter__(self) -> None:
-        if self.installed:
-            loop = asyncio.get_running_loop()
-            for signum in self.signals:
-                loop.add_signal_handler(signum, self._stop, signum)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            loop = asyncio.get_running_loop()
-            for signum in self.signals:
-                loop.remove_signal_handler(signum)
-
-    def _stop(self, signum: int) -> None:
-        self.servers.close()
-        print(f"runner: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
-        os._exit(128 + signum)
-
-
-def _all_failed(session: Session, kind: str, message: str) -> tuple[SnippetResult, ...]:
-    return tuple(SnippetResult.failed(s, session.env, kind, message, s.line)
-                 for s in session.snippets)
-
-
-def _timeout(config: Config, options: Options) -> float:
-    return options.timeout or config.timeout
-
-
-def _passenv(config: Config, options: Options) -> tuple[str, ...]:
-    return (*config.passenv, *options.passenv)
-
-
-def say(text: str) -> None:
-    """A line on stderr; what it names (a post, a file, an error) shown as it is."""
-    print(f"runner: {visible(text)}", file=sys.stderr, flush=True)

@@ -36,15 +36,14 @@ import json
 import os
 import re
 import sys
-import time
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from runner import __version__
-from runner.atomic import read_regular, write_atomic
-from runner.beside import files_beside
+from runner.atomic import Signature, read_regular, seen, signature, write_atomic
+from runner.beside import Beside, files_beside
 from runner.cache import part_kind, unused
 from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import PostOutcome
@@ -53,9 +52,7 @@ from runner.writeback import FIGURE_GLOB
 FORMAT = 1
 MAX_BYTES = 64 * 2**20  # a verdict larger than this is a miss (and is removed)
 PARSERS = ("markdown_it", "yaml")  # their sources decide how a post parses
-Signature = list[int] | None  # a file's stat (None: absent)
 VERDICT_NAME = re.compile(r"\A[0-9a-f]{64}\.json\Z")
-RACY_NS = 2 * 10**9  # a file changed more recently than this is not vouched for (see Verdicts)
 
 
 def fingerprint(value: Any) -> Any:
@@ -76,14 +73,6 @@ def fingerprint(value: Any) -> Any:
     return str(value)
 
 
-def signature(path: Path) -> Signature:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
-
-
 def _sources() -> list[Any]:
     """The runner's own files and the parsers' (size and mtime): a runner changed in place
     (an editable install, a new release) replays nothing it decided before."""
@@ -101,24 +90,40 @@ def _sources() -> list[Any]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """A post's figure folder as the run saw it before the post was settled (its figures
+    compared by pixels): each figure's name and its `atomic.seen`."""
+
+    folder: Path
+    names: tuple[str, ...] = ()
+    seen: tuple[Signature, ...] = ()
+
+
+def figures_seen(folder: Path) -> Figures:
+    """The post's figure folder now, before its figures are read (`posts.freshen`)."""
+    names = tuple(_drawn(folder))
+    return Figures(folder, names, tuple(seen(folder / name) for name in names))
+
+
+Seen = tuple[Path, Signature]  # a file, and its stat when the run read it (`atomic.seen`)
+
+
 class Verdicts:
     """The verdicts of one run: `replay` before a post is parsed, `keep` once it passed.
 
-    What a verdict records of each file is its stat when the run read it (`see`: before the
-    read, or right after the run wrote it), never later: a file changed while the run went on
-    must not be vouched for by results made from its old bytes. A file changed within RACY_NS
-    of that moment is not vouched for at all (as git's racily clean files): where timestamps
-    are coarse (a jiffy, or FAT's 2 s), a second write in the same tick keeps the same stat.
-    Cache entries are exempt: each is replaced whole by a rename, a new inode every time."""
+    What a verdict records of each file is its stat when the run read it, never later: the
+    stat travels with what was read (a cache entry's with its job, the files beside a post in
+    their `Beside`, the figures in their `Figures`), so a file changed while the run went on
+    is never vouched for by results made from its old bytes; and a file changed within
+    `atomic.RACY_NS` of that moment is not vouched for at all (`atomic.seen`)."""
 
     def __init__(self, folder: Path, decided_by: Any) -> None:
         self.folder = folder
         decided = json.dumps([FORMAT, __version__, sys.version, _sources(), decided_by],
                              sort_keys=True)
         self.decided_by = hashlib.sha256(decided.encode()).hexdigest()
-        self._seen: dict[Path, Signature] = {}  # a file's stat when the run read it
-        self._beside: dict[Path, list[str]] = {}  # once a run: a folder of posts, one listing
-        self._figures: dict[Path, list[str]] = {}  # a post's figure folder, before settling
+        self._listings: dict[Path, list[str]] = {}  # once a run: a folder of posts, one listing
         self.used: set[str] = set()  # the verdicts this run replayed or kept (absolute paths)
         self.named: set[str] = set()  # the files those name (absolute paths)
 
@@ -126,34 +131,11 @@ class Verdicts:
         name = json.dumps([str(post), os.path.abspath(post), self.decided_by])
         return self.folder / f"{hashlib.sha256(name.encode()).hexdigest()}.json"
 
-    def see(self, path: Path, renamed: bool = False) -> None:
-        """`path` as the run reads it now (or has just written it); None where it is absent,
-        or changed too recently to vouch for. `renamed`: a file only ever replaced whole by a
-        rename (a cache entry), whose new inode tells any change however coarse the clock."""
-        sig = signature(path)
-        racy = (sig is not None and not renamed
-                and time.time_ns() - max(sig[3], sig[4]) < RACY_NS)
-        self._seen[path] = None if racy else sig
-
-    def unseen(self, path: Path) -> None:
-        """`path` is not what the run's results came from (its entry was not stored)."""
-        self._seen[path] = None
-
-    def see_beside(self, folder: Path) -> list[str]:
-        """The files beside the posts of `folder` (`beside.files_beside`), seen once a run,
-        before their bytes are read for the cache key or copied for a kernel."""
-        if folder not in self._beside:
-            self._beside[folder] = [p.name for p in files_beside(folder)]
-            for name in self._beside[folder]:
-                self.see(folder / name)
-        return self._beside[folder]
-
-    def see_figures(self, folder: Path) -> list[str]:
-        """A post's figure folder, seen before the post is settled (its figures compared)."""
-        self._figures[folder] = _drawn(folder)
-        for name in self._figures[folder]:
-            self.see(folder / name)
-        return self._figures[folder]
+    def _listing(self, folder: Path) -> list[str]:
+        """The files beside the posts of `folder` (`beside.files_beside`), listed once a run."""
+        if folder not in self._listings:
+            self._listings[folder] = [p.name for p in files_beside(folder)]
+        return self._listings[folder]
 
     def replay(self, post: Path, text: str) -> PostOutcome | None:
         """The post's kept outcome, when its text and every file it was decided from are as
@@ -174,31 +156,34 @@ class Verdicts:
 
     def _unchanged(self, data: dict[str, Any]) -> bool:
         beside, figures = (Path(_typed(folder, str)) for folder in data["folders"])
-        return (self.see_beside(beside) == data["beside"]
+        return ((data["beside"] is None or self._listing(beside) == data["beside"])
                 and _drawn(figures) == data["figures"]
                 and all(signature(Path(p)) == sig for p, sig in data["files"]))
 
-    def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Iterable[Path],
-             figures: Path) -> None:
-        """Keep a passed post's outcome with what decided it, as the run saw it: `entries`
-        its results' cache entries, `figures` its figure folder (`see_figures` before it was
-        settled). Not kept where any of them was not seen, was absent or too recent."""
+    def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Sequence[Seen],
+             beside: Beside | None, figures: Figures) -> None:
+        """Keep a passed post's outcome with what decided it, as the run saw it: `entries` its
+        sessions' cache entries, `beside` the files beside it (None: no session of it ran, so
+        none decided anything), `figures` its figure folder. Not kept where any of them was
+        absent or too recent when it was seen."""
         folder = post.parent
-        beside, drawn = self.see_beside(folder), self._figures.get(figures)
-        if drawn is None:
+        given = beside or Beside(folder)
+        files = [*entries,
+                 *((folder / name, sig) for (name, *_), sig in zip(given.files, given.seen,
+                                                                   strict=True)),
+                 *((figures.folder / name, sig) for name, sig in zip(figures.names,
+                                                                     figures.seen, strict=True))]
+        if any(sig is None for _, sig in files):
             return
-        files = [*entries, *(folder / n for n in beside), *(figures / n for n in drawn)]
-        seen = [self._seen.get(p) for p in files]
-        if any(sig is None for sig in seen):
-            return
-        data = {"post": _digest(text), "folders": [str(folder), str(figures)],
-                "beside": beside, "figures": drawn,
-                "files": [[str(p), sig] for p, sig in zip(files, seen, strict=True)],
+        data = {"post": _digest(text), "folders": [str(folder), str(figures.folder)],
+                "beside": None if beside is None else [name for name, *_ in beside.files],
+                "figures": list(figures.names),
+                "files": [[str(p), sig] for p, sig in files],
                 "outcome": _outcome_data(outcome)}
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self._path(post), json.dumps(data).encode(), durable=False)
-            self._use(self._path(post), [str(p) for p in files])
+            self._use(self._path(post), [str(p) for p, _ in files])
 
     def _use(self, verdict: Path, files: list[str]) -> None:
         self.used.add(os.path.abspath(verdict))

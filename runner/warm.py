@@ -36,15 +36,9 @@ class ForkServers:
     """A run's kernels: its folder (kernelspecs, servers' sockets, sessions), its fork servers,
     and with `bwrap`, the sandbox each env's kernels run in (see `sandbox.py`)."""
 
-    def __init__(self, bwrap: str | None = None) -> None:
-        sweep_stale_runs()
-        # All of the run's own files. Kernels' Unix sockets live in it, and a socket's path
-        # may not be longer than 107 bytes: a long $TMPDIR gives way to /tmp.
-        self.folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=run_folder_parent()))
-        # Held while the run lives (the kernel drops it when the process goes, however it
-        # goes): a later run removes a folder whose lock it can take.
-        self._owner = os.open(self.folder / ".owner", os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self._owner, fcntl.LOCK_EX)
+    def __init__(self, folder: Path, owner: int, bwrap: str | None = None) -> None:
+        self.folder = folder
+        self._owner = owner  # the open, locked `.owner` file of `folder`
         self.bwrap = bwrap
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -108,6 +102,20 @@ class ForkServers:
         remove_tree(self.folder)  # a kernel shaped what is in it: see remove_tree
         os.close(self._owner)
         remove_empty_cgroups()
+
+
+def open_servers(bwrap: str | None = None) -> ForkServers:
+    """A new run's kernels: its folder made (earlier runs' stale ones removed first), no
+    server started yet."""
+    sweep_stale_runs()
+    # All of the run's own files. Kernels' Unix sockets live in it, and a socket's path may
+    # not be longer than 107 bytes: a long $TMPDIR gives way to /tmp.
+    folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=run_folder_parent()))
+    # Held while the run lives (the kernel drops it when the process goes, however it goes):
+    # a later run removes a folder whose lock it can take.
+    owner = os.open(folder / ".owner", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    return ForkServers(folder, owner, bwrap)
 
 
 def run_folder_parent() -> str:

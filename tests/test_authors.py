@@ -16,7 +16,8 @@ from runner.model import ErrorInfo, Markers, Snippet, SnippetResult
 from runner.notebooks import author_notebook, code_hash, linked_figures, recorded_outputs
 from runner.plan import plan
 from runner.report import PostOutcome, Run, github_annotations, merge, step_summary
-from runner.run import Planned, check_determinism, shard
+from runner.run import shard
+from runner.settle import Planned, check_determinism
 from runner.sync import sync
 from tests.conftest import FIXTURES, ROOT, run_cli
 from tests.test_plan import ENVS

@@ -90,7 +90,7 @@ def test_one_env_runs_the_whole_post_when_one_provides_every_import() -> None:
 
 def test_a_split_post_says_why_and_a_name_error_says_where() -> None:
     from runner.model import ErrorInfo, SnippetResult
-    from runner.run import explain_split
+    from runner.settle import explain_split
 
     text = post(("", "import pandas\nx = 1"), ("", "import tensorflow"), ("", "print(x)"))
     parsed = parse("p.md", text)

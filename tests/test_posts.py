@@ -27,7 +27,7 @@ from runner.markdown import parse
 from runner.model import Output, SnippetResult
 from runner.plan import plan
 from runner.report import PostOutcome
-from runner.run import Planned, settle
+from runner.settle import Planned, settle
 from runner.writeback import RenderOptions
 from tests.conftest import FIXTURES, without_waiting
 

@@ -26,7 +26,7 @@ from runner.report import (
     to_json,
     write_junit,
 )
-from runner.run import unified_diff
+from runner.settle import unified_diff
 from tests.conftest import ROOT
 
 FORGED = "boom\n::error file=x,line=1::forged"

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from runner.markdown import parse
 from runner.plan import plan
 from runner.report import post_key, read_durations
-from runner.run import POST_S, SESSION_START_S, Planned, shard
+from runner.run import shard
+from runner.settle import POST_S, SESSION_START_S, Planned
 from tests.conftest import run_cli
 from tests.test_plan import ENVS
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import markdown, verdicts
+from runner import atomic, markdown, verdicts
+from runner.atomic import seen
 from runner.config import Config
 from runner.model import Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import PostOutcome, Run
@@ -94,8 +95,7 @@ def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
                                                       Part("image", "fig", png=b"\x89PNG\0")))),
                SnippetResult(skipped, "sklearn", "skipped", reason="slow", duration_s=0.25))
     outcome = PostOutcome(str(post), "passed", snippets=results, stamp_stale=True)
-    store.see_figures(tmp_path / "p")
-    store.keep(post, "text", outcome, [], tmp_path / "p")
+    store.keep(post, "text", outcome, [], None, verdicts.figures_seen(tmp_path / "p"))
     back = store.replay(post, "text")
     assert back == replace(outcome, snippets=tuple(replace(r, cached=True) for r in results))
     assert store.replay(post, "text!") is None  # other bytes: not this post's verdict
@@ -110,8 +110,7 @@ def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path
     snippet = Snippet(str(post), 1, "print(1)\n", Markers())
     outcome = PostOutcome(str(post), "passed",
                           snippets=(SnippetResult(snippet, "sklearn", "passed"),))
-    store.see_figures(tmp_path / "p")
-    store.keep(post, "text", outcome, [], tmp_path / "p")
+    store.keep(post, "text", outcome, [], None, verdicts.figures_seen(tmp_path / "p"))
     [kept] = (tmp_path / "verdicts").iterdir()
     data = json.loads(kept.read_text())
     if damage == "truncated":
@@ -159,7 +158,7 @@ def _parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.kernel
 def test_a_passed_post_is_replayed_until_anything_that_decided_it_changes(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)  # files just written are vouched for at once
+    monkeypatch.setattr(atomic, "RACY_NS", 0)  # files just written are vouched for at once
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "blog" / "p.md"
     post.parent.mkdir()
@@ -212,7 +211,7 @@ def test_a_passed_post_is_replayed_until_anything_that_decided_it_changes(
 @pytest.mark.kernel
 def test_a_post_that_stops_passing_forgets_its_verdict(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    monkeypatch.setattr(atomic, "RACY_NS", 0)
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "p.md"
     post.write_text("```python runner:env=sklearn\nimport random\nprint(random.random() < 2)\n"
@@ -238,7 +237,7 @@ def test_a_file_changed_during_the_run_is_never_vouched_for(
     import threading
     import time
 
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)  # the order of stat and read alone
+    monkeypatch.setattr(atomic, "RACY_NS", 0)  # the order of stat and read alone
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "blog" / "p.md"
     post.parent.mkdir()
@@ -267,17 +266,17 @@ def test_files_changed_just_now_are_not_vouched_for(
     (post.parent / "data.txt").write_text("hello\n")
     post.write_text(POST)
     _verify(post, config, mode="update")
-    monkeypatch.setattr(verdicts, "RACY_NS", 3600 * 10**9)  # everything here is recent
+    monkeypatch.setattr(atomic, "RACY_NS", 3600 * 10**9)  # everything here is recent
     assert _verify(post, config).posts[0].status == "passed"
     assert not (config.cache_dir / "verdicts").exists()
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    monkeypatch.setattr(atomic, "RACY_NS", 0)
     assert _verify(post, config).posts[0].status == "passed"
     assert len(list((config.cache_dir / "verdicts").iterdir())) == 1
     alone = tmp_path / "alone" / "q.md"  # no file beside it: its cache entry alone
     alone.parent.mkdir()
     alone.write_text("```python runner:env=sklearn\nprint(6 * 7)\n```\n")
     _verify(alone, config, mode="update")
-    monkeypatch.setattr(verdicts, "RACY_NS", 3600 * 10**9)
+    monkeypatch.setattr(atomic, "RACY_NS", 3600 * 10**9)
     assert _verify(alone, config).posts[0].status == "passed"  # an entry is renamed whole:
     assert len(list((config.cache_dir / "verdicts").iterdir())) == 2  # a new inode tells
 
@@ -290,10 +289,9 @@ def _kept_verdict(tmp_path: Path, name: str, entry: Path) -> Path:
     snippet = Snippet(str(post), 1, "print(1)\n", Markers())
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_text("{}")
-    store.see(entry, renamed=True)
-    store.see_figures(tmp_path / name)
     store.keep(post, name, PostOutcome(str(post), "passed", snippets=(
-        SnippetResult(snippet, "sklearn", "passed"),)), [entry], tmp_path / name)
+        SnippetResult(snippet, "sklearn", "passed"),)), [(entry, seen(entry, renamed=True))],
+        None, verdicts.figures_seen(tmp_path / name))
     [path] = store.used
     assert store.named == {str(entry)}
     return Path(path)
@@ -325,7 +323,7 @@ def test_a_run_that_stores_sweeps_what_no_run_used_for_a_month(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real runs; entries and verdicts aged by hand, as a month of runs that never used them
     would leave them. What this run used, or a remaining verdict names, stays."""
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    monkeypatch.setattr(atomic, "RACY_NS", 0)
     config = replace(project, cache_dir=tmp_path / "cache")
     blog = tmp_path / "blog"
     blog.mkdir()
@@ -370,7 +368,7 @@ def test_a_verdict_kept_under_one_tz_is_not_replayed_under_another(
         tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 20, item 9: the post ran under TZ=UTC and its verdict was kept; under another
     TZ it runs again, prints the new value, and is stale."""
-    monkeypatch.setattr(verdicts, "RACY_NS", 0)
+    monkeypatch.setattr(atomic, "RACY_NS", 0)
     config = replace(project, cache_dir=tmp_path / "cache")
     post = tmp_path / "p.md"
     post.write_text("```python runner:env=sklearn\nimport os\nprint(os.environ.get('TZ'))\n"

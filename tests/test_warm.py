@@ -14,12 +14,12 @@ from runner.execute import KernelSetup, run_session
 from runner.markdown import parse
 from runner.model import SnippetResult
 from runner.plan import plan
-from runner.warm import ForkServers
+from runner.warm import ForkServers, open_servers
 
 
 @pytest.fixture
 def servers(built) -> Iterator[ForkServers]:  # type: ignore[no-untyped-def]
-    pool = ForkServers()
+    pool = open_servers()
     env = built("sklearn")
     pool.start(env, kernel_env(env))
     yield pool
@@ -83,7 +83,7 @@ def test_timeout_and_dead_kernel_in_a_forked_kernel(servers, built, project) -> 
 
 @pytest.mark.kernel
 def test_no_process_survives_the_run(built, project) -> None:  # type: ignore[no-untyped-def]
-    pool = ForkServers()
+    pool = open_servers()
     env = built("sklearn")
     pool.start(env, kernel_env(env))
     code = ("import os, subprocess\n"
@@ -99,7 +99,7 @@ def test_no_process_survives_the_run(built, project) -> None:  # type: ignore[no
 
 @pytest.mark.kernel
 def test_launcher_falls_back_to_a_plain_kernel_without_a_server(built, project) -> None:  # type: ignore[no-untyped-def]
-    pool = ForkServers()
+    pool = open_servers()
     env = built("sklearn")
     pool.start(env, kernel_env(env))
     os.killpg(pool._servers["sklearn"].pid, 9)
@@ -205,7 +205,7 @@ def test_a_run_whose_folder_holds_a_tree_3000_deep_closes(
     from tests.conftest import deep_tree
 
     monkeypatch.setattr(warm, "run_folder_parent", lambda: str(deep))
-    pool = ForkServers()
+    pool = open_servers()
     deep_tree(pool.folder / "runner-session-x", 3000)
     pool.close()
     assert not os.path.lexists(pool.folder)
