@@ -79,5 +79,5 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy, both clean."""
     install(session, ".[lint]")
-    session.run("ruff", "check", "runner", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "runner", "tests", "benchmarks", "tools", "noxfile.py")
     session.run("mypy")

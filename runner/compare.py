@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 
-from runner.markdown import OUTPUT_MARKERS
+from runner.markers import OUTPUT_MARKERS
 
 # A number not glued to a word (`float64`, `x1` stay text), its sign, point and exponent kept.
 NUMBER = re.compile(r"((?<![\w.])[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UsageError
+from runner.markers import TIMEOUT, TOLERANCE
 from runner.model import EnvSpec
 
 DEFAULT_TIMEOUT = 300.0
@@ -125,9 +126,8 @@ def load(start: Path, locked: bool = True) -> Config:
         raise UsageError("[tool.runner.import-names] must map import names to distributions",
                          pyproject)
     timeout = table.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
-        raise UsageError("[tool.runner] timeout must be a positive number of seconds (finite)",
-                         pyproject)
+    if not isinstance(timeout, int | float) or not TIMEOUT.holds(timeout):
+        raise UsageError(f"[tool.runner] timeout must be {TIMEOUT.meaning}", pyproject)
     posts = root / _str(table, "posts", "posts", pyproject)
     return Config(
         figures=_figures(table, root, posts, pyproject),
@@ -175,9 +175,8 @@ def _figures(table: dict[str, Any], root: Path, posts: Path, pyproject: Path) ->
 def _tolerance(table: dict[str, Any], pyproject: Path) -> float:
     """[tool.runner] tolerance: numbers in text output within it of the recorded ones match."""
     value = table.get("tolerance", 0.0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise UsageError("[tool.runner] tolerance must be a relative tolerance from 0 (exact) "
-                         "below 1, like 1e-6", pyproject)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not TOLERANCE.holds(value):
+        raise UsageError(f"[tool.runner] tolerance must be {TOLERANCE.meaning}", pyproject)
     return float(value)
 
 

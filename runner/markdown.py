@@ -2,21 +2,28 @@
 
 Parsing is markdown-it-py's: fences are found as tokens and the original lines are sliced by
 `token.map`, never by a regex over fences, so backtick and tilde fences, longer fences, fences in
-list items and block quotes, CRLF and BOM files all come out with their exact lines. Pure: no I/O.
+list items and block quotes, CRLF and BOM files all come out with their exact lines. The
+markers in a fence's info string are read by `runner.markers` (the table of them). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import re
-import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import PostError
-from runner.model import Markers, Post, Region, Snippet
+from runner.markers import (
+    HIDDEN_CLOSE,
+    HIDDEN_OPEN,
+    MDX_HIDDEN_CLOSE,
+    MDX_HIDDEN_OPEN,
+    OUTPUT_MARKERS,
+    parse_markers,
+)
+from runner.model import Post, Region, Snippet
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
@@ -24,14 +31,8 @@ if TYPE_CHECKING:
 
 POST_SUFFIXES = (".md", ".markdown", ".mdx")  # the files that are posts
 PYTHON_LANGUAGES = frozenset({"python", "py", "python3"})
-MARKER_PREFIX = "runner:"
-OUTPUT_MARKERS = {"runner:output": "stdout", "runner:stderr": "stderr"}
 OUTPUT_LABEL = "*Verified output:*"
 OUTPUT_END = "[//]: # (end of verified output)"  # a link definition: invisible everywhere
-HIDDEN_OPEN = "<!-- runner:hidden"
-HIDDEN_CLOSE = "-->"
-MDX_HIDDEN_OPEN = "{/* runner:hidden"  # MDX has no HTML comments: a JSX comment instead
-MDX_HIDDEN_CLOSE = "*/}"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")  # markdown-it's line breaks
 _IMAGES = re.compile(r"(!\[[^\]]*\]\([^)\s]+\)\s*)+")
 
@@ -225,62 +226,6 @@ def _content(lines: list[str], index: int) -> str | None:
     if index >= len(lines):
         return None
     return _strip_end(lines[index]).lstrip(" \t>").strip()
-
-
-MARKER_KEYS = ("skip", "raises", "env", "timeout", "parameters", "tolerance", "unordered", "output")
-_FLAGS = ("skip", "parameters", "unordered")  # markers that stand without a value
-# Numeric markers: the check on the number and what a good value is.
-_NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
-    # and at most the run's timeout (`--timeout`, else `[tool.runner] timeout`): `plan.capped`
-    "timeout": (lambda x: 0 < x < math.inf, "a positive number of seconds (finite)"),
-    "tolerance": (lambda x: 0 <= x < 1, "a relative tolerance from 0 (exact) below 1, like 1e-6"),
-}
-
-
-def parse_markers(path: str, line: int, info: str) -> Markers:
-    """`python runner:skip="needs network" runner:timeout=60` -> Markers."""
-    try:
-        words = shlex.split(info)
-    except ValueError as exc:
-        raise PostError(f"cannot read the fence's info string: {exc}", path, line) from exc
-    values: dict[str, str] = {}
-    for word in words[1:]:
-        if not word.startswith(MARKER_PREFIX):
-            continue
-        key, equals, value = word[len(MARKER_PREFIX):].partition("=")
-        if key not in MARKER_KEYS:
-            raise PostError(f"unknown marker '{word}' (known: runner:skip, runner:raises=Error, "
-                            "runner:env=NAME, runner:timeout=SECONDS, runner:parameters, "
-                            "runner:tolerance=1e-6, runner:unordered, runner:output=none)",
-                            path, line)
-        if key not in _FLAGS and not value:
-            raise PostError(f"marker '{MARKER_PREFIX}{key}' needs a value", path, line)
-        if key == "unordered" and equals:
-            raise PostError(f"marker '{MARKER_PREFIX}unordered' takes no value", path, line)
-        values[key] = value
-    if values.get("output", "none") != "none":
-        raise PostError(f"runner:output takes one value, none (run it, record nothing), "
-                        f"not '{values['output']}'", path, line)
-    return Markers(skip=values.get("skip"), raises=values.get("raises"), env=values.get("env"),
-                   timeout=_number(values, "timeout", path, line),
-                   parameters="parameters" in values,
-                   tolerance=_number(values, "tolerance", path, line),
-                   unordered="unordered" in values, record_output="output" not in values)
-
-
-def _number(values: dict[str, str], key: str, path: str, line: int) -> float | None:
-    """The value of a numeric marker (None when absent), or a PostError at the fence."""
-    if key not in values:
-        return None
-    good, meaning = _NUMBERS[key]
-    try:
-        number = float(values[key])
-    except ValueError:
-        number = math.nan
-    if not good(number):
-        raise PostError(f"{MARKER_PREFIX}{key} must be {meaning}, not '{values[key]}'",
-                        path, line)
-    return number
 
 
 def front_matter(path: str, text: str) -> dict[str, object]:

@@ -21,7 +21,8 @@ from runner import posts
 from runner.config import Config, Figures, find_root
 from runner.envs import kernel_name
 from runner.errors import PostError, RunnerError, UsageError
-from runner.markdown import OUTPUT_MARKERS, body_start, parse, split_lines
+from runner.markdown import body_start, parse, split_lines
+from runner.markers import OUTPUT_MARKERS
 from runner.model import Post, Session, Snippet
 from runner.parameters import injected
 from runner.plan import neutralized, plan

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from runner.config import normalize_dist
 from runner.errors import PlanError
+from runner.markers import spec
 from runner.model import EnvSpec, Post, Session, Snippet
 
 # Import names whose distribution is named otherwise. Names not here are looked up as
@@ -176,7 +177,7 @@ def _no_env_message(module: str, envs: Mapping[str, EnvSpec],
         return f"no environment provides '{module}': did you mean '{close[0]}'?"
     return (f"no environment provides '{module}' (known: {', '.join(sorted(envs)) or 'none'}):"
             " add its package to an env's requirements.in and lock it, or name an env with "
-            "runner:env=NAME")
+            f"{spec('env').usage}")
 
 
 # --- install lines (`%pip install x`, `!pip install x`, ...): declarations, never run ---------

@@ -29,6 +29,7 @@ from runner.markdown import (
     newline,
     split_lines,
 )
+from runner.markers import OUTPUT_FENCES
 from runner.model import EnvSpec, Output, Post, Session, Snippet
 from runner.visible import visible
 
@@ -304,8 +305,8 @@ def _parts(output: Output, options: RenderOptions, links: Sequence[str],
             parts.append(table)
         else:
             parts.append(_fence(_truncate(normalize(part.text, options.patterns),
-                                          options.max_lines), "runner:output"))
-    parts.append(_fence(normalize(output.stderr, options.patterns), "runner:stderr"))
+                                          options.max_lines), OUTPUT_FENCES["stdout"]))
+    parts.append(_fence(normalize(output.stderr, options.patterns), OUTPUT_FENCES["stderr"]))
     return parts
 
 

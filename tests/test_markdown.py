@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from runner.errors import PostError
-from runner.markdown import parse, parse_markers, split_lines
+from runner.markdown import parse, split_lines
+from runner.markers import parse_markers
 from runner.model import Markers, Post, Region
 
 FIXTURES = Path(__file__).parent / "fixtures" / "markdown"
