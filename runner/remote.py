@@ -60,6 +60,7 @@ class _Closed(Exception):
 class _Gathered:
     """What the kernel sent in answer to one request."""
 
+    line: int = 0  # the post line before its cell's first line (a traceback's line 1 is after)
     outputs: list[NotebookNode] = field(default_factory=list)
     reply: dict[str, Any] | None = None
     idle: bool = False
@@ -221,7 +222,7 @@ class _Kernel:
         """The snippet run: its result, and whether the kernel can go on."""
         env, started = self.session.env, time.monotonic()
         limit = float(snippet.markers.timeout or self.server.timeout)
-        msg_id, got = await self._send(cell.source), _Gathered()
+        msg_id, got = await self._send(cell.source), _Gathered(int(cell.metadata["runner"]["line"]))
         try:
             await self._gather(msg_id, started + limit, got)
         except TimeoutError:
@@ -240,9 +241,6 @@ class _Kernel:
             return SnippetResult.failed(snippet, env, ErrorKind.DEAD_KERNEL, str(exc),
                                         snippet.code_line,
                                         duration_s=time.monotonic() - started), False
-        count = (got.reply or {}).get("execution_count")
-        if isinstance(count, int):
-            self.counts[count] = int(cell.metadata["runner"]["line"])
         return self._result(snippet, got, time.monotonic() - started), True
 
     def _result(self, snippet: Snippet, got: _Gathered, duration: float) -> SnippetResult:
@@ -310,6 +308,8 @@ class _Kernel:
                 got.reply = content
             elif kind == "status":
                 got.idle = content.get("execution_state") == "idle"
+            elif kind == "execute_input" and isinstance(content.get("execution_count"), int):
+                self.counts[content["execution_count"]] = got.line
             elif kind == "clear_output":
                 got.outputs.clear()
             elif kind in _OUTPUTS and got.size <= self.server.max_output:

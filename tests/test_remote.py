@@ -46,6 +46,12 @@ class Server:
     def kernels_started(self) -> int:
         return self.log.read_text().count("Kernel started:")
 
+    def kernels_running(self) -> int:
+        request = urllib.request.Request(f"{self.url}/api/kernels",
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return len(json.load(answer))
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -158,6 +164,7 @@ def test_a_post_run_on_the_server_writes_what_a_local_run_writes(
     assert [r.status for r in ran_there.snippets] == ["passed", "passed", "passed", "skipped"]
     assert not any(r.cached for r in ran_there.snippets)
     assert server.kernels_started() == started + 1
+    assert server.kernels_running() == 0
     # the session's folder and what was uploaded into it are gone (the server keeps its own
     # .ipynb_checkpoints)
     assert [p.name for p in server.root.iterdir()] in ([], [".ipynb_checkpoints"])
@@ -198,3 +205,17 @@ def test_a_kernelspec_the_server_lacks_fails_its_sessions(
     ran = run_with(backend, post, project, Options(cache=False), monkeypatch)
     assert {r.error.type for r in ran.snippets if r.error} == {"EnvError"}
     assert "no-such-kernel" in str(ran.snippets[0].error)
+
+
+@pytest.mark.kernel
+def test_a_snippet_past_its_timeout_is_interrupted_on_the_server(
+        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    post = _copy("slow", tmp_path / "slow")
+    ran = run_with(server.backend(), post, project, Options(cache=False), monkeypatch)
+    slow, after = ran.snippets
+    assert slow.status == "failed" and slow.error is not None
+    assert slow.error.type == "TimeoutError"
+    assert slow.error.message == "timed out after 2 s at line 11"
+    assert slow.error.post_line == 11  # `time.sleep(60)`, where the interrupt landed
+    assert after.status == "skipped" and after.not_run_after == slow.snippet.line
+    assert server.kernels_running() == 0
