@@ -1,18 +1,13 @@
-"""A second backend: kernels of a Jupyter server, over its REST and websocket API
-(`runner.backend`; what mystmd's JUPYTER_BASE_URL reaches).
+"""A second backend: kernels of a Jupyter server, over its REST and websocket API (as mystmd's
+JUPYTER_BASE_URL reaches them).
 
-Each session gets a kernel of the kernelspec its env is mapped to (POST /api/kernels), started
-in a folder of its own on the server (made through the contents API, with the files beside the
-post uploaded into it: their bytes, not their modes), and its snippets are sent one by one on
-the kernel's channels websocket as `execute_request`s (messaging protocol 5.3, the server's
-default JSON form: each message names its `channel`). The iopub outputs of each become
-nbformat outputs and then output through the runner's own collection (`collect_output`), as a
-local kernel's do; a snippet that runs past its timeout is interrupted, and the session stops
-at the first failure. The kernel and its folder are deleted when the session ends.
-
-Not here: the local backend's sandbox, limits, warm kernels, the run's --deadline and the
-kernel-side output budget (the server's kernels are the server's business); a snippet's
-output past `max_output` bytes fails it.
+A session gets a kernel of its env's kernelspec on the server (POST /api/kernels) in a folder
+of its own there (the contents API; the files beside the post uploaded into it: their bytes,
+not their modes). Its snippets go one by one over the kernel's channels websocket as
+`execute_request`s (protocol 5.3, the server's JSON form); their iopub outputs become results
+through the runner's own output collection, as a local kernel's do. A snippet past its timeout
+is interrupted; the session stops at the first failure; the kernel and folder are deleted.
+Not here: the local sandbox, limits, warm kernels, --deadline, the kernel-side output budget.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ from urllib.parse import quote
 
 from nbformat import NotebookNode
 from nbformat.v4 import output_from_msg
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from runner import __version__, decides
@@ -47,13 +42,14 @@ from runner.portable import Places, portable
 from runner.writeback import ANSI
 
 INTERRUPT_GRACE = 5.0  # seconds an interrupted snippet has to reply
+STOP_TRIES = 20  # DELETEs of a kernel, half a second apart
 MAX_MESSAGE = 32 << 20  # bytes of one websocket message; more closes the connection
 _OUTPUTS = frozenset({"stream", "execute_result", "display_data", "error"})
 _CELL_LINE = re.compile(r"Cell In\[(\d+)\], line (\d+)")  # IPython's name for a cell's frame
 
 
 class _Closed(Exception):
-    """The kernel's channels closed: the kernel died, or the server went away."""
+    """The kernel died (the server restarts it), or its channels closed."""
 
 
 @dataclass
@@ -110,8 +106,9 @@ class JupyterServer:
                 kernel = (await self._api("POST", "/api/kernels", {
                     "name": self.kernels[session.env], "path": folder}))["id"]
                 self.running.add(kernel)
-                socket = await websocket_connect(self._request(
-                    f"/api/kernels/{kernel}/channels", ws=True), max_message_size=MAX_MESSAGE)
+                channels = f"/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}"
+                socket = await websocket_connect(self._request(channels, ws=True),
+                                                 max_message_size=MAX_MESSAGE)
                 try:
                     await _Kernel(self, kernel, socket, session).run(results)
                 finally:
@@ -127,30 +124,34 @@ class JupyterServer:
         for kernel in list(self.running):
             await self._stop(kernel, "", None)
 
-    async def interrupt(self, kernel: str) -> None:
-        await self._api("POST", f"/api/kernels/{kernel}/interrupt", {})
-
     async def _upload(self, folder: str, beside: Beside) -> None:
         """The session's folder on the server, with the files beside the post in it (those
         whose bytes still hash as the cache key was made from)."""
         await self._api("PUT", f"/api/contents/{folder}", {"type": "directory"})
         for name, sha, _mode in beside.files:
-            data = read_regular(beside.folder / name, BESIDE_MAX_BYTES, follow_symlinks=False)
-            if hashlib.sha256(data).hexdigest() == sha:
+            data = _unchanged(beside, name, sha)
+            if data is not None:
                 await self._api("PUT", f"/api/contents/{folder}/{quote(name)}", {
                     "type": "file", "format": "base64", "content": base64.b64encode(data).decode()})
 
     async def _stop(self, kernel: str, folder: str, beside: Beside | None) -> None:
-        """Delete the kernel and the session's folder, whatever is left of them."""
-        gone = [f"/api/kernels/{kernel}"] if kernel else []
-        if folder:
-            gone += [f"/api/contents/{folder}/{quote(name)}" for name, *_ in
-                     (beside.files if beside else ())] + [f"/api/contents/{folder}"]
-        for path in gone:
-            # already gone (a file the session removed), or no server
-            with contextlib.suppress(Exception):
-                await self._api("DELETE", path)
+        """Delete the kernel (asked again while the server refuses: it may be restarting one
+        that died), then the session's folder, whatever is left of them."""
+        for _ in range(STOP_TRIES if kernel else 0):
+            try:
+                await self._api("DELETE", f"/api/kernels/{kernel}")
+                break
+            except HTTPClientError as exc:
+                if exc.code == 404:
+                    break
+                await asyncio.sleep(0.5)
+            except Exception:  # no server
+                break
         self.running.discard(kernel)
+        files = beside.files if beside is not None and folder else ()
+        for path in [f"{folder}/{quote(name)}" for name, *_ in files] + [folder] * bool(folder):
+            with contextlib.suppress(Exception):  # already gone (removed by a snippet)
+                await self._api("DELETE", f"/api/contents/{path}")
 
     def _request(self, path: str, method: str = "GET", body: Any = None,
                  ws: bool = False) -> HTTPRequest:
@@ -226,7 +227,7 @@ class _Kernel:
         try:
             await self._gather(msg_id, started + limit, got)
         except TimeoutError:
-            await self.server.interrupt(self.kernel)
+            await self.server._api("POST", f"/api/kernels/{self.kernel}/interrupt", {})
             try:
                 await self._gather(msg_id, time.monotonic() + INTERRUPT_GRACE, got)
                 line = self._line(_raised(got) or ("", "", []))
@@ -301,13 +302,16 @@ class _Kernel:
             if raw is None:
                 raise _Closed(f"the kernel's channels closed ({self.socket.close_reason})")
             msg = json.loads(raw)
+            kind, content = msg["msg_type"], msg["content"]
+            state = content.get("execution_state") if kind == "status" else None
+            if state in ("restarting", "dead"):  # the server's word, to no request
+                raise _Closed(f"the kernel died while running this snippet (the server: {state})")
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
             if kind == "execute_reply":
                 got.reply = content
-            elif kind == "status":
-                got.idle = content.get("execution_state") == "idle"
+            elif state is not None:
+                got.idle = state == "idle"
             elif kind == "execute_input" and isinstance(content.get("execution_count"), int):
                 self.counts[content["execution_count"]] = got.line
             elif kind == "clear_output":
@@ -328,6 +332,15 @@ def _raised(got: _Gathered) -> tuple[str, str, list[str]] | None:
         return ErrorKind.ABORTED, f"the kernel's reply says {content.get('status')!r}", []
     return (str(content.get("ename")), str(content.get("evalue", "")),
             list(map(str, content.get("traceback") or [])))
+
+
+def _unchanged(beside: Beside, name: str, sha: str) -> bytes | None:
+    """The bytes of a file beside the post, when they are still those its key was made from."""
+    try:
+        data = read_regular(beside.folder / name, BESIDE_MAX_BYTES, follow_symlinks=False)
+    except (OSError, ValueError):  # gone, or swapped for a link, since
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha else None
 
 
 def _all_failed(session: Session, done: list[SnippetResult], kind: str,

@@ -219,3 +219,15 @@ def test_a_snippet_past_its_timeout_is_interrupted_on_the_server(
     assert slow.error.post_line == 11  # `time.sleep(60)`, where the interrupt landed
     assert after.status == "skipped" and after.not_run_after == slow.snippet.line
     assert server.kernels_running() == 0
+
+
+@pytest.mark.kernel
+def test_a_kernel_that_dies_on_the_server_fails_its_snippet(
+        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    post = _copy("dies", tmp_path / "dies")
+    ran = run_with(server.backend(), post, project, Options(cache=False), monkeypatch)
+    died, after = ran.snippets
+    assert died.status == "failed" and died.error is not None
+    assert died.error.type == "DeadKernelError"
+    assert after.status == "skipped" and after.not_run_after == died.snippet.line
+    assert server.kernels_running() == 0
