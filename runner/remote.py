@@ -202,22 +202,17 @@ class _Kernel:
         """Where the kernel is (its env, HOME, temp and working folders, each cell's compiled
         file name): output naming them is made portable, as a local kernel's is."""
         sources = [cell.source for cell in cells]
-        found = await self._ask("", {
+        msg_id = await self._send("", {
             "env": "__import__('sys').prefix", "python": "__import__('sys').base_prefix",
             "home": "__import__('os').path.expanduser('~')", "scratch": "__import__('os').getcwd()",
             "tmp": "__import__('tempfile').gettempdir()",
             "cells": f"[get_ipython().compile.get_code_name(s, s, 0) for s in {sources!r}]"})
-        names = ast.literal_eval(found.pop("cells", "[]"))
-        lines = [int(cell.metadata["runner"]["line"]) for cell in cells]
-        self.places = Places(self.session.post, tuple(zip(names, lines, strict=False)),
-                             **{k: ast.literal_eval(v) for k, v in found.items()})
-
-    async def _ask(self, code: str, expressions: dict[str, str]) -> dict[str, str]:
-        msg_id = await self._send(code, expressions)
         reply = (await self._gather(msg_id, time.monotonic() + self.server.timeout)).reply or {}
-        return {name: str(value.get("data", {}).get("text/plain"))
-                for name, value in reply.get("user_expressions", {}).items()
-                if value.get("status") == "ok"}
+        found = {name: ast.literal_eval(value["data"]["text/plain"]) for name, value
+                 in reply.get("user_expressions", {}).items() if value.get("status") == "ok"}
+        lines = [int(cell.metadata["runner"]["line"]) for cell in cells]
+        self.places = Places(self.session.post, tuple(zip(found.pop("cells", []), lines,
+                                                          strict=False)), **found)
 
     async def _snippet(self, snippet: Snippet, cell: NotebookNode) -> tuple[SnippetResult, bool]:
         """The snippet run: its result, and whether the kernel can go on."""
@@ -254,12 +249,12 @@ class _Kernel:
             return SnippetResult.failed(snippet, env, ErrorKind.OUTPUT_LOST,
                                         f"output past {self.server.max_output:,} bytes",
                                         snippet.code_line, output=output, duration_s=duration)
+        if raised is None and expected is not None:
+            return SnippetResult.failed(snippet, env, ErrorKind.DID_NOT_RAISE, f"expected "
+                                        f"{expected} to be raised, nothing was", output=output,
+                                        duration_s=duration)
         if raised is None:
-            return (SnippetResult(snippet, env, "passed", output, duration_s=duration)
-                    if expected is None else SnippetResult.failed(
-                        snippet, env, ErrorKind.DID_NOT_RAISE,
-                        f"expected {expected} to be raised, nothing was", output=output,
-                        duration_s=duration))
+            return SnippetResult(snippet, env, "passed", output, duration_s=duration)
         name, value, trace = raised
         if name == expected:
             last = portable(f"{name}: {value}" if value else name, self.places) + "\n"
@@ -280,12 +275,12 @@ class _Kernel:
         return None
 
     async def _send(self, code: str, expressions: dict[str, str] | None = None) -> str:
-        msg_id = uuid.uuid4().hex
-        header = {"msg_id": msg_id, "msg_type": "execute_request", "username": "runner",
-                  "session": self.id, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "version": "5.3"}
+        """An execute_request on the shell channel (silent, with `expressions`); its id."""
+        msg_id, date = uuid.uuid4().hex, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         await self.socket.write_message(json.dumps({
-            "channel": "shell", "header": header, "parent_header": {}, "metadata": {},
+            "channel": "shell", "parent_header": {}, "metadata": {},
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "runner",
+                       "session": self.id, "date": date, "version": "5.3"},
             "content": {"code": code, "silent": bool(expressions), "store_history": True,
                         "user_expressions": expressions or {}, "allow_stdin": False,
                         "stop_on_error": True}, "buffers": []}))
