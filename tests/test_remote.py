@@ -24,6 +24,7 @@ from runner import decides, envs
 from runner import run as run_module
 from runner.backend import Backend
 from runner.config import Config
+from runner.model import ErrorInfo
 from runner.remote import JupyterServer
 from runner.report import Run
 from runner.run import Options
@@ -207,27 +208,30 @@ def test_a_kernelspec_the_server_lacks_fails_its_sessions(
     assert "no-such-kernel" in str(ran.snippets[0].error)
 
 
+def _stopped_by_first(server: Server, name: str, tmp_path: Path, project: Config,
+                     monkeypatch: pytest.MonkeyPatch) -> ErrorInfo:
+    """The fixture post `name` run on the server: its first snippet failed, the second was
+    not run for it, and no kernel is left; the first's error."""
+    post = _copy(name, tmp_path / name)
+    first, after = run_with(server.backend(), post, project, Options(cache=False),
+                            monkeypatch).snippets
+    assert first.status == "failed" and first.error is not None
+    assert after.status == "skipped" and after.not_run_after == first.snippet.line
+    assert server.kernels_running() == 0
+    return first.error
+
+
 @pytest.mark.kernel
 def test_a_snippet_past_its_timeout_is_interrupted_on_the_server(
         server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    post = _copy("slow", tmp_path / "slow")
-    ran = run_with(server.backend(), post, project, Options(cache=False), monkeypatch)
-    slow, after = ran.snippets
-    assert slow.status == "failed" and slow.error is not None
-    assert slow.error.type == "TimeoutError"
-    assert slow.error.message == "timed out after 2 s at line 11"
-    assert slow.error.post_line == 11  # `time.sleep(60)`, where the interrupt landed
-    assert after.status == "skipped" and after.not_run_after == slow.snippet.line
-    assert server.kernels_running() == 0
+    error = _stopped_by_first(server, "slow", tmp_path, project, monkeypatch)
+    assert (error.type, error.message) == ("TimeoutError", "timed out after 2 s at line 11")
+    assert error.post_line == 11  # `time.sleep(60)`, where the interrupt landed
 
 
 @pytest.mark.kernel
 def test_a_kernel_that_dies_on_the_server_fails_its_snippet(
         server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    post = _copy("dies", tmp_path / "dies")
-    ran = run_with(server.backend(), post, project, Options(cache=False), monkeypatch)
-    died, after = ran.snippets
-    assert died.status == "failed" and died.error is not None
-    assert died.error.type == "DeadKernelError"
-    assert after.status == "skipped" and after.not_run_after == died.snippet.line
-    assert server.kernels_running() == 0
+    error = _stopped_by_first(server, "dies", tmp_path, project, monkeypatch)
+    assert error.type == "DeadKernelError"
+    assert "the kernel died while running this snippet" in error.message
