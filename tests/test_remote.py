@@ -17,12 +17,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner import decides, envs
 from runner import run as run_module
 from runner.backend import Backend
+from runner.beside import Beside
 from runner.config import Config
 from runner.model import ErrorInfo
 from runner.remote import JupyterServer
@@ -115,7 +117,7 @@ def run_with(backend: Backend | None, post: Path, config: Config, options: Optio
     """`run_posts([post], ..., backend=backend)`. Until main's run takes a backend, its
     kernel stages (what decides, the env builds, the execution) are pointed at `backend`."""
     if backend is None or "backend" in inspect.signature(run_module.run_posts).parameters:
-        extra = {} if backend is None else {"backend": backend}
+        extra: dict[str, Any] = {} if backend is None else {"backend": backend}
         return run_module.run_posts([post], config, options, **extra)
     with monkeypatch.context() as patch:
         timeout = options.timeout or config.timeout
@@ -133,7 +135,8 @@ def run_with(backend: Backend | None, post: Path, config: Config, options: Optio
             await backend.prepare([job.session for job in misses])
 
             async def one(job: run_module.Job) -> None:
-                done(job, await backend.run(job.session, job.beside))  # type: ignore[operator]
+                beside = job.beside or Beside(Path(job.session.post).parent)
+                done(job, await backend.run(job.session, beside))  # type: ignore[operator]
 
             try:
                 await asyncio.gather(*(one(job) for job in misses))
