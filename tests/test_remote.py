@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import secrets
@@ -17,14 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runner import decides, envs
 from runner import run as run_module
 from runner.backend import Backend
-from runner.beside import Beside
 from runner.config import Config
 from runner.model import ErrorInfo
 from runner.remote import JupyterServer
@@ -112,40 +108,9 @@ def server(tmp_path: Path, project: Config) -> Iterator[Server]:
             process.wait()
 
 
-def run_with(backend: Backend | None, post: Path, config: Config, options: Options,
-             monkeypatch: pytest.MonkeyPatch) -> Run:
-    """`run_posts([post], ..., backend=backend)`. Until main's run takes a backend, its
-    kernel stages (what decides, the env builds, the execution) are pointed at `backend`."""
-    if backend is None or "backend" in inspect.signature(run_module.run_posts).parameters:
-        extra: dict[str, Any] = {} if backend is None else {"backend": backend}
-        return run_module.run_posts([post], config, options, **extra)
-    with monkeypatch.context() as patch:
-        timeout = options.timeout or config.timeout
-        patch.setattr(run_module, "run_inputs", lambda config, options: decides.Inputs(
-            {name: backend.decides(spec) for name, spec in config.envs.items()}, timeout))
-
-        async def no_build(*args: object) -> dict[str, object]:
-            return {}
-
-        async def execute(jobs: list[run_module.Job], built: object, config: object,
-                          options: object, done: object) -> None:
-            misses = [job for job in jobs if job.hit is None]
-            if not misses:
-                return
-            await backend.prepare([job.session for job in misses])
-
-            async def one(job: run_module.Job) -> None:
-                beside = job.beside or Beside(Path(job.session.post).parent)
-                done(job, await backend.run(job.session, beside))  # type: ignore[operator]
-
-            try:
-                await asyncio.gather(*(one(job) for job in misses))
-            finally:
-                await backend.close()
-
-        patch.setattr(run_module, "build_envs", no_build)
-        patch.setattr(run_module, "execute", execute)
-        return run_module.run_posts([post], config, options)
+def run_with(backend: Backend | None, post: Path, config: Config, options: Options) -> Run:
+    """The post run through `backend` (None: the local one)."""
+    return run_module.run_posts([post], config, options, backend=backend)
 
 
 def _copy(name: str, to: Path) -> Path:
@@ -155,15 +120,15 @@ def _copy(name: str, to: Path) -> Path:
 
 @pytest.mark.kernel
 def test_a_post_run_on_the_server_writes_what_a_local_run_writes(
-        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: Server, tmp_path: Path, project: Config) -> None:
     local = _copy("passing", tmp_path / "local")
     remote = _copy("passing", tmp_path / "remote")
     update = Options(mode="update", jobs=1)
-    ran_here = run_with(None, local, project, update, monkeypatch)
+    ran_here = run_with(None, local, project, update)
     assert [p.status for p in ran_here.posts] == ["passed"], ran_here.posts
     started = server.kernels_started()
     # the cache is on and holds the local run's results: the server's are keyed apart
-    ran_there = run_with(server.backend(), remote, project, update, monkeypatch)
+    ran_there = run_with(server.backend(), remote, project, update)
     assert [p.status for p in ran_there.posts] == ["passed"], ran_there.posts
     assert [r.status for r in ran_there.snippets] == ["passed", "passed", "passed", "skipped"]
     assert not any(r.cached for r in ran_there.snippets)
@@ -179,18 +144,17 @@ def test_a_post_run_on_the_server_writes_what_a_local_run_writes(
     assert "\n42\n" in remote.read_text()
     spec = project.envs["sklearn"]
     assert server.backend().decides(spec) != decides.kernel_inputs(spec)
-    again = run_with(server.backend(), remote, project, Options(jobs=1), monkeypatch)
+    again = run_with(server.backend(), remote, project, Options(jobs=1))
     assert [p.status for p in again.posts] == ["passed"]  # its own results replay, or its verdict
     assert server.kernels_started() == started + 1
 
 
 @pytest.mark.kernel
 def test_a_failing_snippet_on_the_server_names_its_type_and_line(
-        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: Server, tmp_path: Path, project: Config) -> None:
     post = _copy("failing", tmp_path / "failing")
     before = post.read_text()
-    ran = run_with(server.backend(), post, project, Options(mode="update", cache=False),
-                   monkeypatch)
+    ran = run_with(server.backend(), post, project, Options(mode="update", cache=False))
     assert [p.status for p in ran.posts] == ["failed"]
     first, failed, after = ran.snippets
     assert first.status == "passed" and first.output.stdout == "before\n"
@@ -203,21 +167,19 @@ def test_a_failing_snippet_on_the_server_names_its_type_and_line(
 
 @pytest.mark.kernel
 def test_a_kernelspec_the_server_lacks_fails_its_sessions(
-        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: Server, tmp_path: Path, project: Config) -> None:
     post = _copy("failing", tmp_path / "failing")
     backend = JupyterServer(server.url, server.token, {"sklearn": "no-such-kernel"})
-    ran = run_with(backend, post, project, Options(cache=False), monkeypatch)
+    ran = run_with(backend, post, project, Options(cache=False))
     assert {r.error.type for r in ran.snippets if r.error} == {"EnvError"}
     assert "no-such-kernel" in str(ran.snippets[0].error)
 
 
-def _stopped_by_first(server: Server, name: str, tmp_path: Path, project: Config,
-                     monkeypatch: pytest.MonkeyPatch) -> ErrorInfo:
+def _stopped_by_first(server: Server, name: str, tmp_path: Path, project: Config) -> ErrorInfo:
     """The fixture post `name` run on the server: its first snippet failed, the second was
     not run for it, and no kernel is left; the first's error."""
     post = _copy(name, tmp_path / name)
-    first, after = run_with(server.backend(), post, project, Options(cache=False),
-                            monkeypatch).snippets
+    first, after = run_with(server.backend(), post, project, Options(cache=False)).snippets
     assert first.status == "failed" and first.error is not None
     assert after.status == "skipped" and after.not_run_after == first.snippet.line
     assert server.kernels_running() == 0
@@ -226,15 +188,15 @@ def _stopped_by_first(server: Server, name: str, tmp_path: Path, project: Config
 
 @pytest.mark.kernel
 def test_a_snippet_past_its_timeout_is_interrupted_on_the_server(
-        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    error = _stopped_by_first(server, "slow", tmp_path, project, monkeypatch)
+        server: Server, tmp_path: Path, project: Config) -> None:
+    error = _stopped_by_first(server, "slow", tmp_path, project)
     assert (error.type, error.message) == ("TimeoutError", "timed out after 2 s at line 11")
     assert error.post_line == 11  # `time.sleep(60)`, where the interrupt landed
 
 
 @pytest.mark.kernel
 def test_a_kernel_that_dies_on_the_server_fails_its_snippet(
-        server: Server, tmp_path: Path, project: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    error = _stopped_by_first(server, "dies", tmp_path, project, monkeypatch)
+        server: Server, tmp_path: Path, project: Config) -> None:
+    error = _stopped_by_first(server, "dies", tmp_path, project)
     assert error.type == "DeadKernelError"
     assert "the kernel died while running this snippet" in error.message
