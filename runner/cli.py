@@ -361,10 +361,7 @@ def _bisect_options(parser: argparse.ArgumentParser) -> None:
                         help="per post: stop trying candidates after this long")
     parser.add_argument("--total-time-limit", type=_positive(float), metavar="SECONDS",
                         help="with --from-report: for all the posts together")
-    parser.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
-                        help="seconds per snippet (default: [tool.runner] timeout, else 300)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="run every candidate; do not read the execution cache")
+    _timeout_and_cache(parser, "candidate")
     parser.add_argument("--report", metavar="FILE",
                         help="write the JSON report here (with --from-report: that report, "
                              "and a `bisect` entry added)")
@@ -377,15 +374,20 @@ def _command(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     return parser
 
 
+def _timeout_and_cache(parser: argparse.ArgumentParser, each: str) -> None:
+    """--timeout and --no-cache, for a run of sessions or of bisect's candidates."""
+    parser.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="seconds per snippet (default: [tool.runner] timeout, else 300)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help=f"run every {each}; do not read the execution cache")
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(command_function=_run)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="post files or folders (posts/)")
     parser.add_argument("--jobs", type=_positive(int), default=os.cpu_count() or 1, metavar="N",
                         help="sessions run at once (default: the number of cores)")
-    parser.add_argument("--timeout", type=_positive(float), default=None, metavar="SECONDS",
-                        help="seconds per snippet (default: [tool.runner] timeout, else 300)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="run every session; do not read the execution cache")
+    _timeout_and_cache(parser, "session")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report here")
     parser.add_argument("--shard", type=_shard_arg, metavar="K/N",

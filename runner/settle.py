@@ -19,6 +19,7 @@ from runner.markdown import split_lines
 from runner.model import ErrorInfo, ErrorKind, Output, Post, Session, Snippet, SnippetResult
 from runner.options import Mode
 from runner.portable import moved
+from runner.posts import Fresh
 from runner.report import PostOutcome, post_key
 from runner.writeback import (
     RenderOptions,
@@ -82,21 +83,10 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     if given:  # a run with other parameters prints other output: neither compared nor written
         return (_changed_on_disk(item.path, item.post.text, results)
                 or PostOutcome(path, "passed", parameters=given, snippets=results))
-    outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
-                                  if r.status == "passed"}
     verified_by = stamp_value(item.sessions, config.envs)
-    stamped = stamp(item.post.text, verified_by)
-    forged = _stamp_misread(path, stamped, verified_by)
-    if forged is not None:
-        return PostOutcome(path, "error", forged[0], forged[1], snippets=results)
-    gained = len(split_lines(stamped)) - len(split_lines(item.post.text))
-    if gained:  # a first stamp: every snippet moves down, and the lines its output names
-        outputs = {line: moved(output, item.sessions[0].post, gained)
-                   for line, output in outputs.items()}
-    try:
-        fresh = posts.freshen(item.path, item.post, outputs, verified_by, options)
-    except PostError as exc:  # a figure folder or figure that is a symlink
-        return PostOutcome(path, "error", exc.message, exc.line, snippets=results)
+    fresh = _fresh(item, item.post, results, verified_by, options)
+    if isinstance(fresh, PostOutcome):
+        return fresh
     recorded = item.post.text
     if ignore_stamp and mode == "verify":
         recorded = stamp(item.post.text, verified_by)  # as if it had the fresh stamp
@@ -115,6 +105,28 @@ def settle(item: Planned, results: tuple[SnippetResult, ...], config: Config, mo
     except OSError as exc:
         return replace(done, status="error", error=f"cannot write: {exc.strerror or exc}")
     return replace(done, written=True)
+
+
+def _fresh(item: Planned, post: Post, results: tuple[SnippetResult, ...], verified_by: str,
+           options: RenderOptions) -> Fresh | PostOutcome:
+    """The post as it should be, with its passed snippets' output and the stamp
+    `verified_by`; an error outcome where the stamp would not read back or a figure cannot
+    be written."""
+    path = str(item.path)
+    outputs: dict[int, Output] = {r.snippet.line: r.output for r in results
+                                  if r.status == "passed"}
+    stamped = stamp(post.text, verified_by)
+    forged = _stamp_misread(path, stamped, verified_by)
+    if forged is not None:
+        return PostOutcome(path, "error", forged[0], forged[1], snippets=results)
+    gained = len(split_lines(stamped)) - len(split_lines(post.text))
+    if gained:  # a first stamp: every snippet moves down, and the lines its output names
+        outputs = {line: moved(output, item.sessions[0].post, gained)
+                   for line, output in outputs.items()}
+    try:
+        return posts.freshen(item.path, post, outputs, verified_by, options)
+    except PostError as exc:  # a figure folder or figure that is a symlink
+        return PostOutcome(path, "error", exc.message, exc.line, snippets=results)
 
 
 def _stamp_misread(path: str, stamped: str, value: str) -> tuple[str, int | None] | None:
