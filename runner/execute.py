@@ -283,7 +283,10 @@ def _variables(session: Session, env: BuiltEnv, setup: KernelSetup,
     variables["RUNNER_KERNEL_LIMITS"] = json.dumps(
         {"memory_mb": env.spec.memory_mb, "processes": env.spec.processes,
          "network": session.network, "sandbox": setup.sandbox, "session": str(folder),
-         "workspace": str(folder.parent)})
+         "workspace": str(folder.parent),
+         # the post's own (runner:env-var), set in the kernel once it is in its sandbox:
+         # never in the environment of the launcher or of bubblewrap, outside it
+         "variables": session.variables})
     if setup.sandbox:
         variables["TMPDIR"] = "/tmp"  # the host's TMPDIR is not in the sandbox
     return variables

@@ -781,9 +781,10 @@ def plain(argv: list[str], sandbox: str | None = None) -> None:
         with open(sandbox) as args_file:
             args, _ = with_userns(json.load(args_file))  # its descriptor is inherited
         os.execv(args[0], [*args, "session", *argv])
-    apply_limits(json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}")))
+    limits = json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}"))
+    apply_limits(limits)
     threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
-    _run_kernel(argv)
+    _run_kernel(argv, limits)
 
 
 def session(argv: list[str]) -> None:
@@ -791,7 +792,7 @@ def session(argv: list[str]) -> None:
     limits = json.loads(os.environ.pop("RUNNER_KERNEL_LIMITS", "{}"))
     enter_session(limits)
     apply_rlimits(limits, limits.get("joined", []))
-    _run_kernel(argv)
+    _run_kernel(argv, limits)
 
 
 def _become_kernel(request: dict[str, Any], fds: list[int], init: bool) -> None:
@@ -815,11 +816,14 @@ def _become_kernel(request: dict[str, Any], fds: list[int], init: bool) -> None:
         threading.Thread(target=_watch, args=(request["launcher"],), daemon=True).start()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    _run_kernel(request["argv"])
+    _run_kernel(request["argv"], limits)
     os._exit(0)
 
 
-def _run_kernel(argv: list[str]) -> None:
+def _run_kernel(argv: list[str], limits: dict[str, Any]) -> None:
+    """Become the kernel, its environment given the post's own variables (runner:env-var):
+    only here, in the sandbox, past every limit, where nothing of the runner reads them."""
+    os.environ.update(limits.get("variables", {}))
     sys.argv = ["ipykernel_launcher", *argv]
     from ipykernel.kernelapp import IPKernelApp  # type: ignore[import-not-found]
 

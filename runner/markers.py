@@ -122,7 +122,22 @@ class Choice:
         return f"{PREFIX}{key}={raw}"
 
 
-Takes = Nothing | Text | Number | Choice
+@dataclass(frozen=True)
+class Assignment(Text):
+    """`NAME=VALUE`, a name as a shell's variable: `runner:env-var=TZ=UTC`."""
+
+    def problem(self, key: str, value: str | None) -> str | None:
+        name, equals, _ = (value or "").partition("=")
+        if not value:
+            return super().problem(key, value)
+        if not equals or not name.isidentifier() or not name.isascii():
+            return f"{PREFIX}{key} takes NAME=VALUE (NAME letters, digits, _), not '{value}'"
+        if "\0" in value:
+            return f"{PREFIX}{key}: an environment variable cannot hold a NUL character"
+        return None
+
+
+Takes = Nothing | Text | Number | Choice | Assignment
 
 # The two ranges the project's `[tool.runner]` settings of the same name share (`config`).
 TIMEOUT = Number("SECONDS", low=0, low_in=False, high_in=False,
@@ -145,6 +160,8 @@ class MarkerSpec:
     convert: Callable[[str], Any]
     doc: str  # one line, Markdown, for the README's table
     examples: tuple[str, ...]  # words as an author writes them, each a valid marker
+    repeats: bool = False  # may be given more than once: the field is a tuple of each value,
+    # in the order written
 
     @property
     def usage(self) -> str:
@@ -162,6 +179,11 @@ def _false(_: str) -> bool:
 
 def _same(value: str) -> str:
     return value
+
+
+def _assignment(value: str) -> tuple[str, str]:
+    name, _, text = value.partition("=")
+    return name, text
 
 
 MARKERS: tuple[MarkerSpec, ...] = (
@@ -190,6 +212,11 @@ MARKERS: tuple[MarkerSpec, ...] = (
     MarkerSpec("output", Choice((("none", "run it, record nothing"),)), "record_output", _false,
                "run it (it must not raise), record no output: a training log, say",
                ("runner:output=none",)),
+    MarkerSpec("env-var", Assignment("NAME=VALUE"), "variables", _assignment,
+               "its session's kernel starts with this environment variable (repeatable; "
+               "where two fences of a session name the same variable, the later one's value)",
+               ("runner:env-var=TF_CPP_MIN_LOG_LEVEL=3", 'runner:env-var="GREETING=hi there"'),
+               repeats=True),
 )
 
 BY_KEY: Mapping[str, MarkerSpec] = {spec.key: spec for spec in MARKERS}
@@ -221,7 +248,8 @@ def parse_markers(path: str, line: int, info: str) -> Markers:
         problem = row.takes.problem(key, value if equals else None)
         if problem is not None:
             raise PostError(problem, path, line)
-        values[row.field] = row.convert(value)
+        converted = row.convert(value)
+        values[row.field] = (*values.get(row.field, ()), converted) if row.repeats else converted
     return Markers(**values)
 
 
@@ -241,8 +269,10 @@ def format_markers(markers: Markers) -> str:
     """The marker words that `parse_markers` reads back as these Markers (defaults left out),
     in the table's order: `runner:env=ml runner:timeout=60.0`."""
     defaults = Markers()
-    words = [_word(row, getattr(markers, row.field)) for row in MARKERS
-             if getattr(markers, row.field) != getattr(defaults, row.field)]
+    words = [_word(row, value) for row in MARKERS
+             if getattr(markers, row.field) != getattr(defaults, row.field)
+             for value in (getattr(markers, row.field) if row.repeats
+                           else [getattr(markers, row.field)])]
     return " ".join(words)
 
 
@@ -254,6 +284,8 @@ def _word(row: MarkerSpec, value: Any) -> str:
     if isinstance(row.takes, Choice):
         written = next(word for word, _ in row.takes.choices if row.convert(word) == value)
         return row.takes.word(row.key, written)
+    if isinstance(row.takes, Assignment):
+        return row.takes.word(row.key, "=".join(value))
     return row.takes.word(row.key, "" if isinstance(value, bool) else str(value))
 
 

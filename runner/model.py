@@ -42,6 +42,8 @@ class Markers:
     tolerance: float | None = None  # relative, for numbers in its text output; None: project's
     unordered: bool = False  # its output lines compared as a multiset
     record_output: bool = True  # runner:output=none: it runs, but no output block is kept
+    variables: tuple[tuple[str, str], ...] = ()  # runner:env-var=NAME=VALUE, each as written:
+    # its session's kernel starts with them in its environment
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,13 @@ class Session:
     # the env's lock does not satisfy): (fence line, error type, message, post line).
     failures: tuple[tuple[int, str, str, int], ...] = ()
     split: str = ""  # why the post's snippets run in more than one env ("" when they do not)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """What the kernel's environment gets from its snippets' `runner:env-var` markers
+        (those of snippets that run; a name given again: the later value)."""
+        return {name: value for s in self.snippets if s.markers.skip is None
+                for name, value in s.markers.variables}
 
 
 @dataclass(frozen=True)

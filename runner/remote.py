@@ -202,7 +202,10 @@ class _Kernel:
         """Where the kernel is (its env, HOME, temp and working folders, each cell's compiled
         file name): output naming them is made portable, as a local kernel's is."""
         sources = [cell.source for cell in cells]
-        msg_id = await self._send("", {
+        # the post's environment variables (runner:env-var): a local kernel starts with them
+        given = self.session.variables
+        code = f"__import__('os').environ.update({given!r})" if given else ""
+        msg_id = await self._send(code, {
             "env": "__import__('sys').prefix", "python": "__import__('sys').base_prefix",
             "home": "__import__('os').path.expanduser('~')", "scratch": "__import__('os').getcwd()",
             "tmp": "__import__('tempfile').gettempdir()",

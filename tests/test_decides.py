@@ -35,6 +35,10 @@ def test_key_follows_code_lock_timeout_and_kernel_env_not_line_numbers() -> None
     assert key(env=replace(ENV, kernel_env=(("A", "1"),))) != first
     marked = POST.replace("```python\nprint(2)", "```python runner:timeout=5\nprint(2)")
     assert key(session(marked)) != first
+    one, two = (key(session(POST.replace("```python\nprint(2)",
+                                         f"```python runner:env-var=A={value}\nprint(2)")))
+                for value in (1, 2))
+    assert len({first, one, two}) == 3  # a post's own variables, with no change to decides.py
 
 
 def test_key_follows_every_variable_the_kernel_gets(monkeypatch: pytest.MonkeyPatch) -> None:

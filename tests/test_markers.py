@@ -19,6 +19,7 @@ from runner.markers import (
     PREFIX,
     TABLE_BEGIN,
     TABLE_END,
+    Assignment,
     Choice,
     MarkerSpec,
     Nothing,
@@ -49,6 +50,9 @@ def raw_values(row: MarkerSpec) -> st.SearchStrategy[str]:
             lambda written: takes.holds(float(written)))
     if isinstance(takes, Choice):
         return st.sampled_from([word for word, _ in takes.choices])
+    if isinstance(takes, Assignment):
+        names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+        return st.builds(lambda name, value: f"{name}={value}", names, TEXT)
     assert isinstance(takes, Text)
     return TEXT.filter(bool) if takes.required else TEXT
 
@@ -58,6 +62,11 @@ def written(row: MarkerSpec, raw: str) -> str:
     if isinstance(row.takes, Nothing):
         return f"{PREFIX}{row.key}"
     return f"{PREFIX}{row.key}={shlex.quote(raw)}"
+
+
+def field_value(row: MarkerSpec, raw: str) -> Any:
+    """What the row's field holds once `raw` is given to it once."""
+    return (row.convert(raw),) if row.repeats else row.convert(raw)
 
 
 # --- the table itself ------------------------------------------------------------------------
@@ -87,12 +96,14 @@ def test_a_valid_word_of_each_row_parses_to_what_the_row_says(data: st.DataObjec
     for row in MARKERS:
         raw = data.draw(raw_values(row), label=row.key)
         info = f'python title="x.py" {written(row, raw)} hl_lines="1 2"'
-        assert parse_markers("p.md", 3, info) == Markers(**{row.field: row.convert(raw)})
+        assert parse_markers("p.md", 3, info) == Markers(**{row.field: field_value(row, raw)})
 
 
 def markers_values() -> st.SearchStrategy[Markers]:
     """Markers with each row's field left alone or set from a valid value."""
     def one(row: MarkerSpec) -> st.SearchStrategy[Any]:
+        if row.repeats:
+            return st.lists(raw_values(row).map(row.convert), max_size=3).map(tuple)
         return st.one_of(st.just(getattr(Markers(), row.field)), raw_values(row).map(row.convert))
 
     return st.builds(lambda values: Markers(**values),
@@ -119,6 +130,32 @@ def test_any_info_string_is_markers_or_one_post_error(tail: str) -> None:
         parse_markers("posts/x.md", 9, f"python {PREFIX}{tail}")
     except PostError as error:
         assert str(error).startswith("posts/x.md:9: ") and error.line == 9
+
+
+def test_a_repeatable_marker_keeps_each_value_in_the_order_written() -> None:
+    markers = parse_markers("p.md", 1, 'python runner:env-var=B=2 runner:env-var="A=x = y" '
+                                       "runner:env-var=B= runner:env-var=C==")
+    assert markers.variables == (("B", "2"), ("A", "x = y"), ("B", ""), ("C", "="))
+    assert format_markers(markers) == ("runner:env-var=B=2 runner:env-var='A=x = y' "
+                                       "runner:env-var=B= runner:env-var=C==")
+    # a name given again: the session's kernel gets the later value; skipped snippets none
+    post = parse("p.md", "```python runner:env-var=B=1\n```\n"
+                         "```python runner:skip runner:env-var=B=skipped\n```\n"
+                         "```python runner:env-var=B=3 runner:env-var=A=4\n```\n")
+    from runner.model import Session
+    assert Session("p.md", "sklearn", post.snippets).variables == {"B": "3", "A": "4"}
+
+
+@pytest.mark.parametrize("bad", ["A", "=1", "1A=2", "A-B=1", "É=1", "A B=1"])
+def test_an_env_var_marker_needs_a_name_and_a_value(bad: str) -> None:
+    assert f"runner:env-var takes NAME=VALUE (NAME letters, digits, _), not '{bad}'" in error(
+        f"python runner:env-var={shlex.quote(bad)}")
+
+
+def test_an_env_var_cannot_hold_a_nul() -> None:
+    """(markdown-it reads a NUL in a post as U+FFFD: this is for any other caller.)"""
+    with pytest.raises(PostError, match="cannot hold a NUL"):
+        parse_markers("p.md", 1, "python runner:env-var='A=x\0y'")
 
 
 # --- the errors, each made from the table ----------------------------------------------------

@@ -307,3 +307,31 @@ def _deep_tree_run(tmp_path: Path, project: Config) -> None:
     session = Path(bytes.fromhex(result.output.stdout.strip()).decode())
     assert session.name.startswith("runner-session-")
     assert not os.path.lexists(session) and not os.path.lexists(session.parent)
+
+
+@pytest.mark.kernel
+@needs_sandbox
+@pytest.mark.parametrize("warm", [True, False], ids=["forked", "from scratch"])
+def test_a_posts_environment_variables_are_set_inside_the_sandbox_only(
+        tmp_path: Path, project: Config, warm: bool) -> None:
+    """runner:env-var names what the post likes: PYTHONPATH=. would, in the launcher's or
+    bubblewrap's environment (outside the sandbox, in the session's folder), import the
+    `sitecustomize.py` beside the post there; RUNNER_KERNEL_LIMITS would be the sandbox's
+    own settings. Only the kernel, in its sandbox, gets them."""
+    escaped = tmp_path / "escaped"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"open({str(escaped)!r}, 'w').write('ran outside the sandbox')\n")
+    limits = json.dumps({"sandbox": False, "network": True}).replace('"', '\\"')
+    post = tmp_path / "variables.md"
+    post.write_text(
+        "```python runner:env=sklearn runner:env-var=PYTHONPATH=. "
+        f'runner:env-var="RUNNER_KERNEL_LIMITS={limits}" runner:env-var=GREETING=hi\n'
+        "import os, socket\n"
+        "print(os.environ['GREETING'], os.environ['PYTHONPATH'], os.path.exists("
+        f"{str(tmp_path)!r}))\n"
+        "print(len(socket.if_nameindex()))\n```\n")
+    run = run_posts([post], project, Options(cache=False, warm=warm))
+    [result] = run.snippets
+    assert result.status == "passed", result.error
+    assert result.output.stdout == "hi . False\n1\n"  # loopback alone: no network granted
+    assert not escaped.exists()
