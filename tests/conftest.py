@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -73,6 +76,30 @@ def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[
     """`python -m runner ARGS` as a user types it, in `cwd` (the project by default)."""
     return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
+
+
+@dataclass(frozen=True)
+class Done:
+    """What `in_process` ran: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(*args: str | Path, cwd: Path = ROOT) -> Done:
+    """`runner.cli.main(ARGS)` in this process, in `cwd`: `run_cli` without the cost of a
+    Python start, for commands that start no kernel (sync, notebooks, report)."""
+    from runner.cli import main
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(arg) for arg in args])
+    finally:
+        os.chdir(before)
+    return Done(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,14 @@ from runner.report import PostOutcome, Run, github_annotations, merge, step_summ
 from runner.run import shard
 from runner.settle import Planned, check_determinism
 from runner.sync import sync
-from tests.conftest import FIXTURES, ROOT, run_cli
+from tests.conftest import FIXTURES, ROOT, in_process, run_cli
 from tests.test_plan import ENVS
 
 POST = ROOT / "posts" / "2024-01-08-my-machine-learning-journey.md"
 
 
 def notebooks_for(post_path: Path, out: Path) -> dict[str, Path]:
-    assert run_cli("notebooks", post_path, "--out", out).returncode == 0
+    assert in_process("notebooks", post_path, "--out", out).returncode == 0
     return {p.name.split(".")[-2]: p for p in out.glob("*.ipynb")}
 
 
@@ -53,11 +53,11 @@ def test_code_edited_in_the_twin_syncs_into_exactly_that_fence(tmp_path: Path) -
     books = notebooks_for(post_path, tmp_path / "snippets")
     twin = books["sklearn"].with_suffix(".py")
     twin.write_text(twin.read_text().replace('print("in a list")', 'print("edited")'))
-    done = run_cli("sync", twin)
+    done = in_process("sync", twin)
     assert done.returncode == 0, done.stderr
     after = post_path.read_text()
     assert after == before.replace('  print("in a list")', '  print("edited")')
-    assert run_cli("sync", twin).returncode == 0 and post_path.read_text() == after
+    assert in_process("sync", twin).returncode == 0 and post_path.read_text() == after
 
 
 def test_prose_is_never_taken_from_a_notebook(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_prose_is_never_taken_from_a_notebook(tmp_path: Path) -> None:
         if cell.cell_type == "markdown":
             cell.source = "rewritten in the notebook"
     nbformat.write(book, book_path)
-    assert run_cli("sync", book_path).returncode == 0
+    assert in_process("sync", book_path).returncode == 0
     assert post_path.read_text() == before
 
 
@@ -84,7 +84,7 @@ def test_conflicting_edits_are_refused(tmp_path: Path) -> None:
     book = jupytext.read(book_path)
     book.cells[[c.cell_type for c in book.cells].index("code")].source += "\nprint('more')"
     jupytext.write(book, book_path)
-    done = run_cli("sync", book_path)
+    done = in_process("sync", book_path)
     assert done.returncode == 1
     assert "changed in the post and in the notebook" in done.stderr
     assert f"{post_path}:9:" in done.stderr
@@ -135,7 +135,7 @@ def test_merged_report_adds_up(tmp_path: Path) -> None:
     assert [p["path"] for p in merged["posts"]] == ["posts/1.md", "posts/2.md"]
     for n, part in enumerate(parts):
         (tmp_path / f"r{n}.json").write_text(json.dumps(part))
-    done = run_cli("report", "merge", tmp_path / "r0.json", tmp_path / "r1.json",
+    done = in_process("report", "merge", tmp_path / "r0.json", tmp_path / "r1.json",
                    "--out", tmp_path / "all.json", cwd=tmp_path)
     assert done.returncode == 0
     assert json.loads((tmp_path / "all.json").read_text()) == merged
@@ -236,16 +236,16 @@ def code_cells(path: Path) -> list[tuple[str, str]]:
 
 def test_sync_finds_the_post_from_any_folder(tmp_path: Path) -> None:
     root = project_copy(tmp_path)
-    done = run_cli("notebooks", cwd=root / "posts")  # written from posts/: still root-relative
+    done = in_process("notebooks", cwd=root / "posts")  # written from posts/: still root-relative
     assert done.returncode == 0, done.stderr
     book = root / "snippets" / "x.sklearn.ipynb"
     assert nbformat.read(book, as_version=4).metadata.runner.post == "posts/x.md"
     edit_code(book, "np.arange(3)", "np.arange(4)")
-    done = run_cli("sync", "x.sklearn.ipynb", cwd=root / "snippets")
+    done = in_process("sync", "x.sklearn.ipynb", cwd=root / "snippets")
     assert done.returncode == 0, done.stderr
     assert "print(np.arange(4).sum())" in (root / "posts" / "x.md").read_text()
     edit_code(book.with_suffix(".py"), 'print("in a list")', 'print("from /")')
-    done = run_cli("sync", book.with_suffix(".py"), cwd=Path("/"))
+    done = in_process("sync", book.with_suffix(".py"), cwd=Path("/"))
     assert done.returncode == 0, done.stderr
     shown = (root / "posts" / "x.md").relative_to("/")  # as seen from the current folder
     assert done.stdout == f"{shown}:17: code synced from the notebook\n"
@@ -254,13 +254,13 @@ def test_sync_finds_the_post_from_any_folder(tmp_path: Path) -> None:
 
 def test_second_edit_of_a_cell_syncs_and_the_pair_stays_alike(tmp_path: Path) -> None:
     root = project_copy(tmp_path)
-    assert run_cli("notebooks", cwd=root).returncode == 0
+    assert in_process("notebooks", cwd=root).returncode == 0
     book = root / "snippets" / "x.sklearn.ipynb"
     twin = book.with_suffix(".py")
     post = root / "posts" / "x.md"
     for n, synced in enumerate([book, twin, book], 4):  # three edits of one cell, in turn
         edit_code(synced, f"np.arange({n - 1})", f"np.arange({n})")
-        done = run_cli("sync", synced, cwd=root)
+        done = in_process("sync", synced, cwd=root)
         assert done.returncode == 0, done.stderr
         assert done.stdout == "posts/x.md:9: code synced from the notebook\n"
         assert f"print(np.arange({n}).sum())" in post.read_text()
@@ -268,17 +268,17 @@ def test_second_edit_of_a_cell_syncs_and_the_pair_stays_alike(tmp_path: Path) ->
         assert first == (f"import numpy as np\n\nprint(np.arange({n}).sum())",
                          code_hash(first[0]))  # the new code's hash, recorded
         assert code_cells(twin) == code_cells(book)  # the other file rewritten to match
-    assert run_cli("sync", book, cwd=root).stdout == (
+    assert in_process("sync", book, cwd=root).stdout == (
         "nothing to sync: the notebooks match their posts\n")
 
 
 def test_edits_in_both_files_of_the_pair_sync_together(tmp_path: Path) -> None:
     root = project_copy(tmp_path)
-    assert run_cli("notebooks", cwd=root).returncode == 0
+    assert in_process("notebooks", cwd=root).returncode == 0
     book = root / "snippets" / "x.sklearn.ipynb"
     edit_code(book, "np.arange(3)", "np.arange(5)")
     edit_code(book.with_suffix(".py"), "y = 1", "y = 2")
-    done = run_cli("sync", book.with_suffix(".py"), cwd=root)
+    done = in_process("sync", book.with_suffix(".py"), cwd=root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["posts/x.md:9: code synced from the notebook",
                                         "posts/x.md:30: code synced from the notebook"]
@@ -287,7 +287,7 @@ def test_edits_in_both_files_of_the_pair_sync_together(tmp_path: Path) -> None:
     assert code_cells(book) == code_cells(book.with_suffix(".py"))
     edit_code(book, "y = 2", "y = 3")
     edit_code(book.with_suffix(".py"), "y = 2", "y = 4")
-    done = run_cli("sync", book, cwd=root)
+    done = in_process("sync", book, cwd=root)
     assert done.returncode == 1 and "edited differently in" in done.stderr
     assert "y = 2\n" in (root / "posts" / "x.md").read_text()
 
@@ -342,7 +342,7 @@ def test_author_notebook_has_the_table_and_the_figure_of_the_last_run(tmp_path: 
     root = project_copy(tmp_path, FIXTURES / "posts" / "rich.md")
     done = run_cli("update", cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert run_cli("notebooks", cwd=root).returncode == 0
+    assert in_process("notebooks", cwd=root).returncode == 0
     book = nbformat.read(root / "snippets" / "x.sklearn.ipynb", as_version=4)
     nbformat.validate(book)
     figure, table, _, _ = [c.outputs for c in book.cells if c.cell_type == "code"]

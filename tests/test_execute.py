@@ -66,6 +66,7 @@ def test_a_cells_line_is_after_the_blank_lines_ipython_drops(project) -> None:  
     assert [c.metadata.runner.line for c in book.cells] == [1 + 2, 6, 10, 15 + 1]
 
 
+@pytest.mark.kernel
 def test_kernel_runs_in_the_env_even_with_a_user_kernelspec_named_alike(
         built, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     # A user-level kernelspec with the same name, pointing at another Python, must not win.
