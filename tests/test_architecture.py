@@ -3,6 +3,7 @@ those), and its outline of the run is the code of `runner.run.async_run_posts`, 
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 
@@ -12,11 +13,39 @@ from tests.conftest import ROOT
 DOC = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 
 
-def test_the_module_table_names_every_module_and_no_other() -> None:
+def table() -> list[str]:
+    """The modules of the table's rows, in the table's order (`run.py`, ...)."""
     rows = [line for line in DOC.splitlines() if line.startswith("| ") and "`" in line]
-    named = {name for row in rows for name in re.findall(r"`([a-z_]+\.py)`", row.split("|")[2])}
+    return [name for row in rows for name in re.findall(r"`([a-z_]+\.py)`", row.split("|")[2])]
+
+
+def test_the_module_table_names_every_module_and_no_other() -> None:
+    named = table()
     modules = {path.name for path in (ROOT / "runner").glob("*.py")} - {"__init__.py"}
-    assert named == modules, (sorted(modules - named), sorted(named - modules))
+    assert sorted(named) == sorted(modules), (sorted(modules - set(named)),
+                                              sorted(set(named) - modules))
+
+
+def imported(module: str) -> set[str]:
+    """The runner modules `module` imports, at its top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((ROOT / "runner" / module).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("runner"):
+            found |= ({f"{alias.name}.py" for alias in node.names} if node.module == "runner"
+                      else {f"{(node.module or '').split('.')[1]}.py"})
+        elif isinstance(node, ast.Import):
+            found |= {f"{alias.name.split('.')[1]}.py" for alias in node.names
+                      if alias.name.startswith("runner.")}
+    return found - {module}
+
+
+def test_each_module_imports_only_those_above_it_in_the_table() -> None:
+    order = table()
+    above: set[str] = set()
+    for module in order:
+        below = (imported(module) & set(order)) - above
+        assert not below, f"{module} imports {sorted(below)}, not above it in the table"
+        above.add(module)
 
 
 def outline() -> list[str]:
