@@ -199,6 +199,6 @@ def _replayed(stored: SnippetResult, snippet: Snippet, snippets: Sequence[Snippe
               env: str) -> SnippetResult:
     """A stored result as a hit: the session's snippet as it is now, its lines named anew."""
     if stored.status == "failed" or stored.not_run_after is not None:
-        raise ValueError(f"a {stored.status} result is never stored")
+        raise ValueError("a failed result, or one not run after a failure, is never stored")
     result = _retold(stored, lambda text: unanchored(text, snippets))
     return replace(result, snippet=snippet, env=env, cached=True)

@@ -25,6 +25,11 @@ and a default would stand in for a value its writer never recorded. `Any` is tak
 JSON data, checked both ways (a tuple, a date, a set is refused, not turned into something that
 would not come back equal). A dataclass that holds itself, however deep, is not supported.
 
+Text comes back as JSON reads it: a lone surrogate (which a kernel may send) as itself, as
+`json.dumps` writes it `\\udXXX` in ASCII; but a high surrogate right before a low one (two code
+points, as two stream messages that split a pair make when joined) as the one character the pair
+spells, since JSON reads the escape pair so. Nothing a renderer or comparison sees changes.
+
 Encoding a value that is not of its field's type raises `Unencodable` (a TypeError: a bug
 where the value was made, named by its path), never data that would not decode.
 """
@@ -98,9 +103,16 @@ def supported(kind: Any) -> None:
 
 def name(kind: Any) -> str:
     """A type as it is written in the model: `float | None`, `tuple[str, ...]`, `Markers`."""
-    if isinstance(kind, type) and not typing.get_args(kind):
-        return "None" if kind is type(None) else kind.__name__
-    return repr(kind).replace("typing.", "").replace("NoneType", "None")
+    args, origin = typing.get_args(kind), typing.get_origin(kind)
+    if kind is type(None) or kind is Ellipsis:
+        return "None" if kind is type(None) else "..."
+    if origin in (Union, types.UnionType):
+        return " | ".join(name(arg) for arg in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if args and isinstance(origin, type):
+        return f"{origin.__name__}[{', '.join(name(arg) for arg in args)}]"
+    return kind.__name__ if isinstance(kind, type) else repr(kind).replace("typing.", "")
 
 
 def _what(data: object) -> str:

@@ -259,7 +259,7 @@ class Kept:
 
 def _replayed(result: SnippetResult, path: str) -> SnippetResult:
     if result.status == "failed" or result.not_run_after is not None:
-        raise ValueError(f"a {result.status} snippet is never kept")
+        raise ValueError("a failed snippet, or one not run after a failure, is never kept")
     return dataclasses.replace(result, snippet=dataclasses.replace(result.snippet, path=path),
                                cached=True)
 
