@@ -148,7 +148,7 @@ class Verdicts:
             return outcome
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, RecursionError):
+        except (OSError, ValueError, TypeError, RecursionError):  # TypeError: none known: a miss
             _remove(path)  # unreadable: a miss, and gone
             return None
 
@@ -203,7 +203,7 @@ def sweep(folder: Path, used: set[str], now: float) -> set[str]:
         for item in verdicts:
             if not VERDICT_NAME.match(item.name):  # only what `keep` makes is ever removed
                 continue
-            with contextlib.suppress(OSError, ValueError, RecursionError):
+            with contextlib.suppress(OSError, ValueError, TypeError, RecursionError):
                 if os.path.abspath(item.path) in used:
                     continue
                 info = item.stat(follow_symlinks=False)
