@@ -14,7 +14,6 @@ cleanup), unless a kept verdict still names it. Losing one costs a rerun, never 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -23,19 +22,30 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
 
+from runner import codec
 from runner.atomic import read_regular, remove_tree, write_atomic
-from runner.model import Output, Part, Session, Snippet, SnippetResult
+from runner.codec import Change
+from runner.model import Session, Snippet, SnippetResult
 from runner.portable import anchored, unanchored
 
-FORMAT = 2  # 2: output names the post's lines by snippet (portable.anchored)
+FORMAT = 3  # 2: output names the post's lines by snippet (portable.anchored); 3: an `Entry`,
+# each result whole as `runner.codec` writes it
 MAX_ENTRY_BYTES = 64 * 2**20  # an entry larger than this is a miss (and is removed)
 LOCK_SECONDS = 10.0  # waiting longer for an entry's lock: the results are not stored
 MAX_AGE_S = 30 * 86400.0  # an entry unused this long is swept away
 SWEEP_EVERY_S = 86400.0  # a cache folder is swept once a day at most
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What an entry holds: its key, and its session's results as they were stored (their
+    texts `anchored`); a hit takes each result with the session's snippet as it is now."""
+
+    key: str
+    snippets: tuple[SnippetResult, ...]
 
 
 def print_warning(text: str) -> None:
@@ -52,10 +62,11 @@ def load(folder: Path, key: str, session: Session,
     path = entry(folder, key)
     try:
         data = json.loads(read_regular(path, MAX_ENTRY_BYTES, follow_symlinks=False))
-        if data["key"] != key or len(data["snippets"]) != len(session.snippets):
+        stored = codec.decode(Entry, data)
+        if stored.key != key or len(stored.snippets) != len(session.snippets):
             raise ValueError("entry does not match its key")
-        return tuple(_result(snippet, session.env, item, session.snippets)
-                     for snippet, item in zip(session.snippets, data["snippets"], strict=True))
+        return tuple(_replayed(result, snippet, session.snippets, session.env)
+                     for snippet, result in zip(session.snippets, stored.snippets, strict=True))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -77,7 +88,8 @@ def store(folder: Path, key: str, results: Sequence[SnippetResult],
 
     path = entry(folder, key)
     snippets = [r.snippet for r in results]
-    data = json.dumps({"key": key, "snippets": [_item(r, snippets) for r in results]})
+    kept = Entry(key, tuple(_retold(r, lambda text: anchored(text, snippets)) for r in results))
+    data = json.dumps(codec.encode(kept))  # ASCII: a lone surrogate a kernel sent is `\udXXX`
     try:
         _make_room(path.parent, folder=True)
         with FileLock(str(path) + ".lock", timeout=LOCK_SECONDS):
@@ -176,45 +188,17 @@ def entry(folder: Path, key: str) -> Path:
     return folder / name[:2] / f"{name}.json"
 
 
-def _item(result: SnippetResult, snippets: Sequence[Snippet]) -> dict[str, Any]:
-    output = result.output
-
-    def text(value: str) -> str:
-        return anchored(value, snippets)
-
-    return {
-        "status": result.status, "reason": result.reason, "duration_s": result.duration_s,
-        "stdout": text(output.stdout), "stderr": text(output.stderr),
-        "parts": [{"kind": p.kind, "text": text(p.text), "html": p.html,
-                   "png": base64.b64encode(p.png).decode()} for p in output.parts],
-    }
+def _retold(result: SnippetResult, change: Change) -> SnippetResult:
+    """`result` with `change` applied to every text of its output and its error (`codec.retext`):
+    how an entry anchors the post's lines it names, and how a hit names them as they are now."""
+    error = None if result.error is None else codec.retext(result.error, change)
+    return replace(result, output=codec.retext(result.output, change), error=error)
 
 
-def _result(snippet: Any, env: str, item: dict[str, Any],
-            snippets: Sequence[Snippet]) -> SnippetResult:
-    if item["status"] not in ("passed", "skipped"):
-        raise ValueError(f"status {item['status']!r} is never stored")
-
-    def text(value: object) -> str:
-        return unanchored(_text(value), snippets)
-
-    parts = tuple(Part(part_kind(p["kind"]), text(p["text"]), _text(p["html"]),
-                       base64.b64decode(_text(p["png"]), validate=True)) for p in item["parts"])
-    output = Output(text(item["stdout"]), text(item["stderr"]), parts)
-    reason = item["reason"] if item["reason"] is None else _text(item["reason"])
-    result = SnippetResult(snippet, env, item["status"], output, reason=reason,
-                           duration_s=float(item["duration_s"]))
-    return replace(result, cached=True)
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{type(value).__name__} where text was stored")
-    return value
-
-
-def part_kind(value: object) -> Literal["text", "table", "image"]:
-    """A stored part's kind, checked (an entry's or a verdict's): ValueError for any other."""
-    if value not in ("text", "table", "image"):
-        raise ValueError(f"part kind {value!r} is never stored")
-    return value
+def _replayed(stored: SnippetResult, snippet: Snippet, snippets: Sequence[Snippet],
+              env: str) -> SnippetResult:
+    """A stored result as a hit: the session's snippet as it is now, its lines named anew."""
+    if stored.status == "failed" or stored.not_run_after is not None:
+        raise ValueError("a failed result, or one not run after a failure, is never stored")
+    result = _retold(stored, lambda text: unanchored(text, snippets))
+    return replace(result, snippet=snippet, env=env, cached=True)

@@ -177,9 +177,17 @@ def terminal(run: Run) -> str:
 
 
 # --- the JSON report ---------------------------------------------------------------------------
+#
+# A view, not a store: its shape is the runner's outside contract (../shared/CONTRACT.md, as the
+# README says; pinned byte for byte by tests/fixtures/report/every-field.json), not
+# `runner.codec`'s, by which the cache and the verdicts keep whole results. It shows what CI
+# reads and no more: a snippet by its post and fence line, its duration rounded, its error
+# without the traceback; no output, no markers. So each key is named here, once, and a field
+# added to the model reaches the report only when it is added here (and to the contract).
 
 
 def to_json(run: Run) -> dict[str, Any]:
+    """The JSON report (`--report FILE`): the whole view of a run."""
     return {
         "summary": run.summary(),
         "posts": [_post_json(p) for p in run.posts],
@@ -188,6 +196,8 @@ def to_json(run: Run) -> dict[str, Any]:
 
 
 def _post_json(post: PostOutcome) -> dict[str, Any]:
+    """A post in the report: `path`, `status`, `error`, `error_line`; `parameters` and
+    `stamp_stale` (added) only where they apply."""
     data: dict[str, Any] = {"path": post.path, "status": post.status, "error": post.error,
                             "error_line": post.error_line}
     if post.parameters:  # only on runs that override parameters
@@ -198,6 +208,8 @@ def _post_json(post: PostOutcome) -> dict[str, Any]:
 
 
 def _snippet_json(result: SnippetResult) -> dict[str, Any]:
+    """A snippet in the report: `post`, `line`, `env`, `status`, `cached`, `duration_s` (to
+    the ms), `error` (`type`, `message`, `post_line`; null when none), `reason` (added)."""
     error = result.error
     return {
         "post": result.snippet.path, "line": result.snippet.line, "env": result.env,

@@ -29,27 +29,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import json
 import os
 import re
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal
 
-from runner import __version__
+from runner import __version__, codec
 from runner.atomic import Signature, read_regular, seen, signature, write_atomic
 from runner.beside import Beside, files_beside
-from runner.cache import part_kind, unused
-from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
+from runner.cache import unused
+from runner.model import SnippetResult
 from runner.report import PostOutcome
 from runner.writeback import FIGURE_GLOB
 
-FORMAT = 1
+FORMAT = 2  # 2: a `Verdict`, its results whole as `runner.codec` writes them
 MAX_BYTES = 64 * 2**20  # a verdict larger than this is a miss (and is removed)
 PARSERS = ("markdown_it", "yaml")  # their sources decide how a post parses
 VERDICT_NAME = re.compile(r"\A[0-9a-f]{64}\.json\Z")
@@ -142,23 +140,23 @@ class Verdicts:
         they were; else None."""
         path = self._path(post)
         try:
-            data = json.loads(read_regular(path, MAX_BYTES, follow_symlinks=False))
-            if data["post"] != _digest(text) or not self._unchanged(data):
+            verdict = _read(path)
+            if verdict.post != _digest(text) or not self._unchanged(verdict):
                 return None
-            outcome = _outcome(str(post), data["outcome"])
-            self._use(path, [file for file, _ in data["files"]])
+            outcome = verdict.outcome.outcome(str(post))
+            self._use(path, [file for file, _ in verdict.files])
             return outcome
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        except (OSError, ValueError, TypeError, RecursionError):  # TypeError: none known: a miss
             _remove(path)  # unreadable: a miss, and gone
             return None
 
-    def _unchanged(self, data: dict[str, Any]) -> bool:
-        beside, figures = (Path(_typed(folder, str)) for folder in data["folders"])
-        return ((data["beside"] is None or self._listing(beside) == data["beside"])
-                and _drawn(figures) == data["figures"]
-                and all(signature(Path(p)) == sig for p, sig in data["files"]))
+    def _unchanged(self, verdict: Verdict) -> bool:
+        beside, figures = (Path(folder) for folder in verdict.folders)
+        return ((verdict.beside is None or self._listing(beside) == list(verdict.beside))
+                and _drawn(figures) == list(verdict.figures)
+                and all(signature(Path(p)) == list(sig) for p, sig in verdict.files))
 
     def keep(self, post: Path, text: str, outcome: PostOutcome, entries: Sequence[Seen],
              beside: Beside | None, figures: Figures) -> None:
@@ -175,14 +173,14 @@ class Verdicts:
                                                                      figures.seen, strict=True))]
         if any(sig is None for _, sig in files):
             return
-        data = {"post": _digest(text), "folders": [str(folder), str(figures.folder)],
-                "beside": None if beside is None else [name for name, *_ in beside.files],
-                "figures": list(figures.names),
-                "files": [[str(p), sig] for p, sig in files],
-                "outcome": _outcome_data(outcome)}
+        verdict = Verdict(_digest(text), (str(folder), str(figures.folder)),
+                          None if beside is None else tuple(name for name, *_ in beside.files),
+                          figures.names, tuple((str(p), tuple(sig or ())) for p, sig in files),
+                          Kept.of(outcome))
+        data = json.dumps(codec.encode(verdict))  # ASCII: a lone surrogate is `\udXXX`
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(self._path(post), json.dumps(data).encode(), durable=False)
+            write_atomic(self._path(post), data.encode(), durable=False)
             self._use(self._path(post), [str(p) for p, _ in files])
 
     def _use(self, verdict: Path, files: list[str]) -> None:
@@ -205,16 +203,14 @@ def sweep(folder: Path, used: set[str], now: float) -> set[str]:
         for item in verdicts:
             if not VERDICT_NAME.match(item.name):  # only what `keep` makes is ever removed
                 continue
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+            with contextlib.suppress(OSError, ValueError, TypeError, RecursionError):
                 if os.path.abspath(item.path) in used:
                     continue
                 info = item.stat(follow_symlinks=False)
                 if unused(info, now):
                     os.unlink(item.path)
                     continue
-                data = json.loads(read_regular(Path(item.path), MAX_BYTES,
-                                               follow_symlinks=False))
-                named.update(os.path.abspath(_typed(file, str)) for file, _ in data["files"])
+                named.update(os.path.abspath(file) for file, _ in _read(Path(item.path)).files)
                 # this read is no use of the verdict: its atime goes back to what it was
                 os.utime(item.path, ns=(info.st_atime_ns, info.st_mtime_ns),
                          follow_symlinks=False)
@@ -235,87 +231,53 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-# --- an outcome as JSON and back ---------------------------------------------------------------
+# --- what a verdict holds ---------------------------------------------------------------------
 
 
-def _outcome_data(outcome: PostOutcome) -> dict[str, Any]:
-    return {"status": outcome.status, "stamp_stale": outcome.stamp_stale,
-            "snippets": [_result_data(r) for r in outcome.snippets]}
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """What a verdict keeps of a passed post's outcome: the fields of `PostOutcome` a replay
+    gives back (the others are the post's path, or what a kept pass never has: an error, a diff,
+    output written, parameters, a fresh rendering). Its results as `runner.codec` writes them."""
+
+    status: Literal["passed"]
+    stamp_stale: bool
+    snippets: tuple[SnippetResult, ...]
+
+    @classmethod
+    def of(cls, outcome: PostOutcome) -> Kept:
+        if outcome.status != "passed":
+            raise ValueError(f"a {outcome.status} post is never kept")
+        return cls(outcome.status, outcome.stamp_stale, outcome.snippets)
+
+    def outcome(self, path: str) -> PostOutcome:
+        """The post's outcome again: its snippets named by `path` (as this run names the post,
+        which names the verdict too) and marked cached."""
+        results = tuple(_replayed(result, path) for result in self.snippets)
+        return PostOutcome(path, self.status, snippets=results, stamp_stale=self.stamp_stale)
 
 
-def _result_data(result: SnippetResult) -> dict[str, Any]:
-    snippet = result.snippet
-    return {
-        "snippet": {**{f.name: getattr(snippet, f.name) for f in dataclasses.fields(snippet)
-                       if f.name not in ("markers", "output")},
-                    "markers": dataclasses.asdict(snippet.markers),
-                    "output": None if snippet.output is None else [snippet.output.start,
-                                                                   snippet.output.end]},
-        "env": result.env, "status": result.status, "reason": result.reason,
-        "duration_s": result.duration_s, "not_run_after": result.not_run_after,
-        "error": None if result.error is None else dataclasses.asdict(result.error),
-        "output": {"stdout": result.output.stdout, "stderr": result.output.stderr,
-                   "parts": [[p.kind, p.text, p.html, p.png.hex()] for p in result.output.parts]},
-    }
+def _replayed(result: SnippetResult, path: str) -> SnippetResult:
+    if result.status == "failed" or result.not_run_after is not None:
+        raise ValueError("a failed snippet, or one not run after a failure, is never kept")
+    return dataclasses.replace(result, snippet=dataclasses.replace(result.snippet, path=path),
+                               cached=True)
 
 
-def _outcome(path: str, data: dict[str, Any]) -> PostOutcome:
-    if data["status"] != "passed":
-        raise ValueError(f"status {data['status']!r} is never kept")
-    results = tuple(_result(path, item) for item in data["snippets"])
-    return PostOutcome(path, "passed", snippets=results,
-                       stamp_stale=_typed(data["stamp_stale"], bool))
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One verdict's file (see `Verdicts.keep`), read and written by `runner.codec`."""
+
+    post: str  # sha256 of the post's text
+    folders: tuple[str, str]  # the post's folder, its figure folder
+    beside: tuple[str, ...] | None  # the names of the files beside it (None: none decided)
+    figures: tuple[str, ...]  # the names in its figure folder
+    files: tuple[tuple[str, tuple[int, ...]], ...]  # each file read, its `atomic.signature`
+    outcome: Kept
 
 
-def _result(path: str, item: dict[str, Any]) -> SnippetResult:
-    """A kept result, each value of the type it was kept as (else TypeError: a miss)."""
-    given = item["snippet"]
-    region = given["output"]
-    snippet = Snippet(path, _typed(given["line"], int), _typed(given["code"], str),
-                      _fields(Markers, given["markers"]), _typed(given["hidden"], bool),
-                      _typed(given["anchor"], int), _typed(given["prefix"], str),
-                      None if region is None else Region(*_ints(region, 2)),
-                      _typed(given["start"], int))
-    output = item["output"]
-    parts = tuple(Part(part_kind(kind), _typed(text, str), _typed(html, str), bytes.fromhex(png))
-                  for kind, text, html, png in output["parts"])
-    if item["status"] not in ("passed", "skipped"):
-        raise ValueError(f"status {item['status']!r} is never kept")
-    error = item["error"]
-    return SnippetResult(
-        snippet, _typed(item["env"], str), item["status"],
-        Output(_typed(output["stdout"], str), _typed(output["stderr"], str), parts),
-        None if error is None else _fields(ErrorInfo, error),
-        reason=_typed(item["reason"], str | None),
-        duration_s=float(_typed(item["duration_s"], int | float)), cached=True,
-        not_run_after=_typed(item["not_run_after"], int | None))
-
-
-_Kept = TypeVar("_Kept")
-
-
-def _fields(cls: type[_Kept], values: dict[str, Any]) -> _Kept:
-    """`cls(**values)`, each value checked against its field's type (`str | None`, ...)."""
-    hints = _hints(cast(type, cls))
-    for name, value in values.items():
-        if name not in hints:
-            raise TypeError(f"{cls.__name__} has no field {name!r}")
-        _typed(value, float | int | None if hints[name] == float | None else hints[name])
-    return cls(**values)
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _typed(value: Any, kind: Any) -> Any:
-    if not isinstance(value, kind):
-        raise TypeError(f"{type(value).__name__} where {kind} was kept")
-    return value
-
-
-def _ints(values: Sequence[Any], count: int) -> list[int]:
-    if len(values) != count:
-        raise ValueError(f"{len(values)} numbers where {count} were kept")
-    return [_typed(v, int) for v in values]
+def _read(path: Path) -> Verdict:
+    """The verdict in `path`: OSError, ValueError (`codec.Malformed`), RecursionError if it
+    cannot be read back."""
+    return codec.decode(Verdict, json.loads(read_regular(path, MAX_BYTES,
+                                                        follow_symlinks=False)))

@@ -8,17 +8,18 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner import cache, envs
+from runner import cache, codec, envs
 from runner.config import Config
 from runner.errors import EnvError
 from runner.markdown import parse
-from runner.model import EnvSpec, Output, SnippetResult
+from runner.model import EnvSpec, Output, Part, SnippetResult
 from runner.plan import plan
 from runner.report import Run, to_json
 from runner.run import Options, run_posts
@@ -58,6 +59,26 @@ def test_stored_output_names_lines_as_the_post_has_them_when_replayed(tmp_path: 
     assert loaded[0].output.stderr == said.replace("p.md:3", "q.md:5").replace(
         '"p.md", line 3', '"q.md", line 5').replace("p.md:99", "q.md:99")
     assert loaded[1].output.stdout == "q.md:9: late\n"
+
+
+def test_a_result_comes_back_whole_lone_surrogates_figures_and_all(tmp_path: Path) -> None:
+    """Every field of a stored result comes back (the snippet and env as the session has them
+    now, cached); a lone surrogate a kernel sent, and a table's HTML that names the post's
+    lines, as the text does."""
+    s = session()
+    parts = (Part("text", "lone \ud800 p.md:3\n"), Part("table", "t", "<td>p.md:3</td>"),
+             Part("image", "<Figure>", png=b"\x89PNG\r\n\x1a\n\x00\xff"))
+    results = [SnippetResult(s.snippets[0], "sklearn", "passed",
+                             Output("lone \ud800 p.md:3\n", "\udfff", parts), duration_s=0.5),
+               SnippetResult(s.snippets[1], "sklearn", "skipped", reason="slow \ud800")]
+    assert cache.store(tmp_path, KEY, results, warn=pytest.fail)
+    moved = plan(parse("q.md", "Prose.\n\n" + POST), {"sklearn": ENV})[0]
+    loaded = cache.load(tmp_path, KEY, moved, warn=pytest.fail)
+    now = [SnippetResult(x, "sklearn", r.status,
+                         codec.retext(r.output, lambda t: t.replace("p.md:3", "q.md:5")),
+                         reason=r.reason, duration_s=r.duration_s, cached=True)
+           for x, r in zip(moved.snippets, results, strict=True)]
+    assert loaded == tuple(now)
 
 
 def test_failed_session_is_not_stored(tmp_path: Path) -> None:
@@ -159,13 +180,27 @@ def make_bad_entry(entry: Path, kind: str) -> None:
             out.truncate(cache.MAX_ENTRY_BYTES + 1)  # sparse: costs no disk
     elif kind == "deep":
         entry.write_text("[" * 100_000)
-    elif kind == "wrong types":
-        entry.write_text(json.dumps({"key": KEY, "snippets": [
-            {"status": "passed", "reason": None, "duration_s": 0, "stdout": 1, "stderr": "",
-             "parts": []}] * 2}))
+    elif kind in DAMAGE:  # a good entry, one value of it made wrong
+        stored(entry.parent.parent, KEY)
+        data = json.loads(entry.read_text())
+        DAMAGE[kind](data["snippets"][1])
+        entry.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink", "huge", "deep", "wrong types"])
+DAMAGE: dict[str, Callable[[dict[str, Any]], object]] = {
+    "wrong types": lambda item: item["output"].update(stdout=1),
+    "failed": lambda item: item.update(status="failed"),  # a failure is never stored
+    "not run": lambda item: item.update(status="skipped", not_run_after=1),
+    "unknown field": lambda item: item.update(extra=1),
+    "missing field": lambda item: item.pop("env"),
+    "bad png": lambda item: item["output"].update(parts=[
+        {"kind": "image", "text": "", "html": "", "png": "not base64!"}]),
+    "part kind": lambda item: item["output"].update(parts=[
+        {"kind": "bogus", "text": "", "html": "", "png": ""}]),
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink", "huge", "deep", *DAMAGE])
 def test_a_bad_entry_is_a_miss_with_one_warning_and_is_removed(tmp_path: Path,
                                                                kind: str) -> None:
     entry = cache.entry(tmp_path / "cache", KEY)

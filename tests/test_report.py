@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from runner.model import Markers, Snippet, SnippetResult
+from runner.model import ErrorInfo, Markers, Output, Part, Region, Snippet, SnippetResult
 from runner.report import (
     Bisected,
     PostOutcome,
@@ -24,10 +24,11 @@ from runner.report import (
     summary_line,
     terminal,
     to_json,
+    write_json,
     write_junit,
 )
 from runner.settle import unified_diff
-from tests.conftest import ROOT
+from tests.conftest import FIXTURES, ROOT
 
 FORGED = "boom\n::error file=x,line=1::forged"
 STOP = "::stop-commands::token"
@@ -374,3 +375,36 @@ def test_every_format_and_default_ignorable_character_is_shown_as_its_escape() -
             hex(ord(character)))
     assert visible("é, ß, 日本, emoji 🙂, tab\tand newline\n") == (
         "é, ß, 日本, emoji 🙂, tab\tand newline\n")
+
+
+# --- the JSON report's shape, pinned -----------------------------------------------------------
+
+GOLDEN = FIXTURES / "report" / "every-field.json"
+
+
+def every_field_run() -> Run:
+    """A run whose posts and snippets set every field the JSON report shows (and the fields it
+    leaves out: a traceback, output, markers), with text a JSON writer must escape."""
+    markers = Markers(skip=None, raises="ValueError", env="sklearn", timeout=5.0,
+                      tolerance=0.01, unordered=True, variables=(("A", "1"),))
+    code = Snippet("posts/é ü.md", 12, "raise ValueError('x')\n", markers, hidden=True,
+                   anchor=15, prefix="> ", output=Region(16, 19), start=11)
+    failing = SnippetResult(code, "sklearn", "failed",
+                            Output("out\n", "err\n", (Part("image", "<Figure>", png=b"\x89PNG"),)),
+                            ErrorInfo("ValueError", "bad \"value\"\t\x1b[31m ⏎ \ud800", 13,
+                                      "Traceback\n  raise ValueError\n"),
+                            duration_s=1.23456, cached=True)
+    later = SnippetResult.not_run(Snippet("posts/é ü.md", 20, "print(2)\n", Markers()),
+                                  "sklearn", 12)
+    return Run((
+        PostOutcome("posts/é ü.md", "failed", snippets=(failing, later),
+                    parameters=(("N", "10"), ("name", "ü")), stamp_stale=True),
+        PostOutcome("posts/bad.md", "error", "invalid YAML front matter: 'x'", 2),
+    ), duration_s=9.87654)
+
+
+def test_the_json_report_is_byte_for_byte_its_golden_file(tmp_path: Path) -> None:
+    """Any drift of the public report (a key renamed, added, reordered, a value's form) fails
+    here: the golden file changes only on purpose, with CONTRACT.md."""
+    write_json(every_field_run(), tmp_path / "report.json")
+    assert (tmp_path / "report.json").read_bytes() == GOLDEN.read_bytes()

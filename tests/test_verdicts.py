@@ -87,11 +87,12 @@ def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
     store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
     post = tmp_path / "p.md"
     post.write_text("text")
-    snippet = Snippet(str(post), 3, "print(1)\n", Markers(tolerance=0.01, unordered=True),
+    snippet = Snippet(str(post), 3, "print(1)\n",
+                      Markers(tolerance=0.01, unordered=True, variables=(("A", "1"),)),
                       anchor=5, prefix="> ", output=Region(6, 12), start=2)
     skipped = Snippet(str(post), 9, "x\n", Markers(skip="slow"), hidden=True)
     results = (SnippetResult(snippet, "sklearn", "passed",
-                             Output("1\n", "warn\n", (Part("text", "1\n"),
+                             Output("1\n", "warn \ud800\n", (Part("text", "1\n"),
                                                       Part("image", "fig", png=b"\x89PNG\0")))),
                SnippetResult(skipped, "sklearn", "skipped", reason="slow", duration_s=0.25))
     outcome = PostOutcome(str(post), "passed", snippets=results, stamp_stale=True)
@@ -102,7 +103,7 @@ def test_an_outcome_comes_back_as_it_was_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong type", "failed", "symlink", "reason",
-                                    "part kind", "marker"])
+                                    "part kind", "marker", "png", "unknown", "signature"])
 def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path,
                                                                 damage: str) -> None:
     store = verdicts.Verdicts(tmp_path / "verdicts", ["test"])
@@ -118,15 +119,22 @@ def test_a_verdict_that_cannot_be_read_back_is_a_miss_and_removed(tmp_path: Path
     elif damage == "wrong type":
         data["outcome"]["snippets"][0]["snippet"]["line"] = "1"
         kept.write_text(json.dumps(data))
+    elif damage == "signature":
+        data["files"] = [["x", [1, 2, "3"]]]
+        kept.write_text(json.dumps(data))
     elif damage == "failed":  # only passes are ever kept
         data["outcome"]["status"] = "failed"
         kept.write_text(json.dumps(data))
-    elif damage in ("reason", "part kind", "marker"):  # each would reach the reports
+    elif damage in ("reason", "part kind", "marker", "png", "unknown"):  # would reach reports
         item = data["outcome"]["snippets"][0]
         if damage == "reason":
             item["reason"] = {"a": 1}
+        elif damage == "png":
+            item["output"]["parts"] = [{"kind": "image", "text": "", "html": "", "png": "%"}]
+        elif damage == "unknown":
+            item["snippet"]["markers"]["since"] = 1  # a field of a later runner
         elif damage == "part kind":
-            item["output"]["parts"] = [["bogus", "", "", ""]]
+            item["output"]["parts"] = [{"kind": "bogus", "text": "", "html": "", "png": ""}]
         else:
             item["snippet"]["markers"]["skip"] = 3
         kept.write_text(json.dumps(data))
